@@ -957,14 +957,21 @@ def _describe(tp: Any, meta: list[Any]) -> str | None:
     else:
         return None
     bounds = []
+    min_len = next((m.min_length for m in meta if isinstance(m, annotated_types.MinLen)), 0)
+    max_len = next((m.max_length for m in meta if isinstance(m, annotated_types.MaxLen)), None)
     for m in meta:
         for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             if isinstance(m, getattr(annotated_types, attr.capitalize())):
                 bounds.append(f"{sym} {getattr(m, attr):g}")
-        if isinstance(m, annotated_types.MinLen) and m.min_length:
-            bounds.append(f"with at least {m.min_length} entr{'y' if m.min_length == 1 else 'ies'}")
-        if isinstance(m, annotated_types.MaxLen):
-            bounds.append(f"with at most {m.max_length} entries")
+    if core is str and min_len == 1 and max_len is None:
+        what = "a non-empty string"
+    elif min_len and min_len == max_len:
+        bounds.append(f"with exactly {min_len} entries")
+    else:
+        if min_len:
+            bounds.append(f"with at least {min_len} entr{'y' if min_len == 1 else 'ies'}")
+        if max_len is not None:
+            bounds.append(f"with at most {max_len} entries")
     text = "must be " + what + ("" if not bounds else " " + " and ".join(bounds))
     return text + (" or null" if nullable else "")
 

@@ -72,9 +72,11 @@ class BackendSnapshot(NamedTuple):
     donated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterView:
-    """The router's view at one instant: the time and the snapshots of the eligible backends."""
+class ClusterView(NamedTuple):
+    """The router's view at one instant: the time and the snapshots of the eligible backends.
+
+    A named tuple (immutable) for the same reason as ``BackendSnapshot``: one is built per request.
+    """
 
     now_s: float
     backends: tuple[BackendSnapshot, ...]

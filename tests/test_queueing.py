@@ -49,11 +49,11 @@ def test_md1_mean_wait_matches_pollaczek_khinchine():
 def test_mmc_mean_wait_matches_erlang_c():
     c = 4
     mean_service_s = 200 * 0.005
-    rho = 0.75
+    rho = 0.6
     lam = rho * c / mean_service_s
     scn = load_scenario(single_cluster(
         replicas=c, max_num_seqs=1, c0_s=0.005, rate_per_s=lam,
-        output={"kind": "geometric", "mean": 200, "max": 2000}, requests=150_000, seed=11,
+        output={"kind": "geometric", "mean": 200, "max": 2000}, requests=400_000, seed=11,
         gateway={"max_in_flight_per_replica": 1}))
     res = simulate(scn, progress=False)
     df = res.requests

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -87,7 +88,7 @@ class BasePolicy:
 def float_param(policy: str, param: str, value: object, *, low: float, high: float,
                 low_open: bool = False) -> float:
     """Validate a numeric constructor argument, raising a one-line :class:`PolicyError`."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     x = float(value) if ok else math.nan  # type: ignore[arg-type]
     if ok and not math.isnan(x) and (x > low if low_open else x >= low) and x <= high:
         return x

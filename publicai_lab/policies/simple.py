@@ -64,7 +64,7 @@ class WeightedShufflePolicy(BasePolicy):
             if i < 0:  # rounding put u at the very top: take the last positive weight
                 i = max(j for j, w in enumerate(weights) if w > 0.0)
             reason = "weighted"
-        order = sorted(range(n), key=lambda j: -weights[j])
+        order = sorted(range(n), key=weights.__getitem__, reverse=True)  # stable: ties keep view order
         fallbacks = tuple([backends[j].backend_id for j in order if j != i])
         scores = None
         if self.scores:

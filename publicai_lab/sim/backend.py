@@ -28,7 +28,8 @@ class Backend:
     def __init__(self, env: simpy.Environment, *, backend_id: str, partner: Any, cluster: Any,
                  params: EngineParams, scrape_interval_s: float, health_check_interval_s: float,
                  on_finish: Callable[[Seq, float], None], on_reject: Callable[[Seq, float], None],
-                 cost_per_mtok_usd: float, samples: list[tuple] | None) -> None:
+                 cost_per_mtok_usd: float, samples: list[tuple] | None,
+                 rtt_s: Callable[[str, str], float]) -> None:
         self.env = env
         self.backend_id = backend_id
         self.partner = partner.name
@@ -57,19 +58,28 @@ class Backend:
         self._health_interval = health_check_interval_s
         self._up_since = 0.0
         self.available_replica_s = 0.0
+        # engine gauges are constant within a scrape epoch: aggregate them once per epoch
+        self._gauge_epoch = -1
+        self._gauges = (0, 0, 0.0)
+        self._health_epoch = -1
+        self._health_up = True
+        # snapshots per client region, valid until something the router sees changes
+        self._snaps: dict[str, BackendSnapshot] = {}
+        self._snaps_key: tuple = ()
+        self._network_rtt_s = rtt_s
+        self._rtt_from: dict[str, float] = {}
 
     # ------------------------------------------------------------------ routing-side state
     def healthy(self, now: float) -> bool:
         """What the router believes: not cooling down, and up at the last active health check."""
-        if now < self.cooldown_until_s:
+        if now < self.cooldown_until_s or not self.active:
             return False
-        if not self.active:
-            return False
-        checked_at = int(now / self._health_interval) * self._health_interval
-        for t, up in reversed(self._transitions):
-            if t <= checked_at:
-                return up
-        return True
+        epoch = int(now / self._health_interval)
+        if epoch != self._health_epoch:
+            checked_at = epoch * self._health_interval
+            self._health_epoch = epoch
+            self._health_up = next(up for t, up in reversed(self._transitions) if t <= checked_at)
+        return self._health_up
 
     def record_failure(self, now: float, allowed_fails: int, cooldown_s: float) -> None:
         fails = self._fails
@@ -79,26 +89,59 @@ class Backend:
         if len(fails) > allowed_fails:
             self.cooldown_until_s = now + cooldown_s
             fails.clear()
+            self._snaps.clear()
 
     def observe_latency(self, e2e_s: float) -> None:
         old = self.latency_ewma_s
         self.latency_ewma_s = e2e_s if old != old else old + EWMA_ALPHA * (e2e_s - old)
+        self._snaps.clear()
 
-    def snapshot(self, now: float, rtt_s: float) -> BackendSnapshot:
-        running = waiting = 0
-        kv = 0.0
-        for r in self.active:
-            a, b, c = r.scraped(now)
-            running += a
-            waiting += b
-            kv += c
+    def gauges(self, now: float) -> tuple[int, int, float]:
+        """(running, waiting, mean KV use) over active replicas, as the last scrape saw them."""
+        epoch = int(now / self._scrape_interval)
+        if epoch != self._gauge_epoch:
+            running = waiting = 0
+            kv = 0.0
+            for r in self.active:
+                a, b, c = r.scraped(now)
+                running += a
+                waiting += b
+                kv += c
+            n = len(self.active)
+            self._gauges = (running, waiting, kv / n if n else 0.0)
+            self._gauge_epoch = epoch
+        return self._gauges
+
+    def changed(self) -> None:
+        """Router-side state changed (in-flight count, latency, cooldown): drop cached snapshots."""
+        self._snaps.clear()
+
+    def rtt_s(self, client_region: str) -> float:
+        """Round-trip time between a client region and this backend, seconds (cached)."""
+        v = self._rtt_from.get(client_region)
+        if v is None:
+            v = self._rtt_from[client_region] = self._network_rtt_s(client_region, self.region)
+        return v
+
+    def snapshot(self, now: float, region: str) -> BackendSnapshot:
+        """The router's view of this backend for a client in ``region`` (cached until it changes)."""
+        key = (int(now / self._scrape_interval), int(now / self._health_interval),
+               now < self.cooldown_until_s)
+        if key != self._snaps_key:
+            self._snaps.clear()
+            self._snaps_key = key
+        else:
+            snap = self._snaps.get(region)
+            if snap is not None:
+                return snap
+        running, waiting, kv = self.gauges(now)
         n = len(self.active)
-        return tuple.__new__(BackendSnapshot, (
+        snap = self._snaps[region] = tuple.__new__(BackendSnapshot, (
             self.backend_id, self.partner, self.country, self.region, self.model,
-            self.healthy(now), self.weight, self.in_flight, running, waiting,
-            kv / n if n else 0.0, int(now / self._scrape_interval) * self._scrape_interval,
-            rtt_s, self.cost_per_mtok_usd, self.latency_ewma_s, n,
-            n * self.params.max_num_seqs, self.donated))
+            self.healthy(now), self.weight, self.in_flight, running, waiting, kv,
+            self._gauge_epoch * self._scrape_interval, self.rtt_s(region), self.cost_per_mtok_usd,
+            self.latency_ewma_s, n, n * self.params.max_num_seqs, self.donated))
+        return snap
 
     # ------------------------------------------------------------------ engine side
     def pick_replica(self) -> Replica:
@@ -121,6 +164,8 @@ class Backend:
             return []
         self.up = up
         self._transitions.append((now, up))
+        self._health_epoch = self._gauge_epoch = -1
+        self._snaps.clear()
         lost: list[Any] = []
         if not up:
             self.available_replica_s += len(self.active) * (now - self._up_since)
@@ -137,6 +182,8 @@ class Backend:
         if self.up:
             self.available_replica_s += len(self.active) * (now - self._up_since)
             self._up_since = now
+        self._gauge_epoch = -1
+        self._snaps.clear()
         for _ in range(min(n, len(self.active))):
             r = self.active.pop()
             lost.extend(r.fail_all())
@@ -147,6 +194,8 @@ class Backend:
         if self.up:
             self.available_replica_s += len(self.active) * (now - self._up_since)
             self._up_since = now
+        self._gauge_epoch = -1
+        self._snaps.clear()
         idle = [r for r in self.replicas if r not in self.active][:n]
         self.active.extend(idle)
 

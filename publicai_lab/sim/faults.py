@@ -15,14 +15,14 @@ from typing import Any, Callable
 
 import simpy
 
+from publicai_lab.sim import events
 from publicai_lab.sim.backend import Backend
 
 __all__ = ["schedule_faults"]
 
 
 def _at(env: simpy.Environment, t: float, action: Callable[[], None]) -> None:
-    ev = env.timeout(max(0.0, t - env.now))
-    ev.callbacks.append(lambda _ev: action())
+    events.at(env, max(0.0, t - env.now), lambda _call: action())
 
 
 def schedule_faults(env: simpy.Environment, scenario: Any, backends: dict[str, Backend],

@@ -26,6 +26,7 @@ import simpy
 from publicai_lab.policies import BasePolicy, decide
 from publicai_lab.records import RequestRecord
 from publicai_lab.sim.backend import Backend
+from publicai_lab.sim.events import at
 from publicai_lab.sim.replica import Seq
 from publicai_lab.types import ClusterView, RequestSpec, RouteDecision
 
@@ -80,8 +81,8 @@ class GatewayModel:
         net = scenario.network
         self.gateway_overhead_s = net.gateway_overhead_ms / 1000.0
         self.hf_half_rtt_s = net.hf_router_rtt_ms / 2000.0
-        self._rtt_cache: dict[tuple[str, str], float] = {}
         self.backends = backends
+        self.by_id = {b.backend_id: b for b in backends}
         self.by_model: dict[str, list[Backend]] = {}
         for b in backends:
             self.by_model.setdefault(b.model, []).append(b)
@@ -89,6 +90,8 @@ class GatewayModel:
         self.tier_rpm = {name: t.rpm for name, t in scenario.workload.tiers.items()}
         self._rate: dict[str, list] = {}
         self.held: dict[str, deque[SimRequest]] = {}
+        self._deadlines: deque[tuple[float, SimRequest]] = deque()
+        self._timer_armed = False
         self.live: dict[int, SimRequest] = {}
         self.rows: list[tuple] = []
         self.retries = 0
@@ -100,13 +103,6 @@ class GatewayModel:
                          else None)
 
     # ------------------------------------------------------------------ helpers
-    def rtt_s(self, client_region: str, backend_region: str) -> float:
-        key = (client_region, backend_region)
-        v = self._rtt_cache.get(key)
-        if v is None:
-            v = self._rtt_cache[key] = self.scenario.network.rtt_s(client_region, backend_region)
-        return v
-
     def _record(self, req: SimRequest, status: str, error_type: str | None,
                 ttft_s: float = math.nan, e2e_s: float = math.nan) -> None:
         spec = req.spec
@@ -120,6 +116,10 @@ class GatewayModel:
                req.queue_wait_s, ttft_s, e2e_s, tpot)
         self.rows.append(row)
         req.done = True
+        if req.seq is not None:
+            req.seq.req = None     # break the request <-> sequence cycle (no GC during runs)
+            req.seq = None
+        req.replica = None
         self.live.pop(spec.request_id, None)
         if self._observe is not None and req.decision is not None:
             self._observe(req.decision, RequestRecord(*row))
@@ -146,17 +146,19 @@ class GatewayModel:
             self._record(req, "rejected", "context_length_exceeded")
             return
         if self.timeout_s is not None:
-            ev = self.env.timeout(self.timeout_s, req)
-            ev.callbacks.append(self._on_timeout)
+            self._deadlines.append((now + self.timeout_s, req))
+            if not self._timer_armed:
+                self._arm_timer(now)
         self._route(req, now)
 
     # ------------------------------------------------------------------ routing
     def _view(self, req: SimRequest, model: str, now: float) -> ClusterView:
         region = req.spec.client_region
-        tried = req.tried
-        snaps = tuple(b.snapshot(now, self.rtt_s(region, b.region))
-                      for b in self.by_model.get(model, ()) if b.backend_id not in tried)
-        return ClusterView(now, snaps)
+        candidates = self.by_model.get(model, ())
+        if req.tried:
+            tried = req.tried
+            candidates = [b for b in candidates if b.backend_id not in tried]
+        return tuple.__new__(ClusterView, (now, tuple([b.snapshot(now, region) for b in candidates])))
 
     def _route(self, req: SimRequest, now: float) -> None:
         spec = req.spec
@@ -198,20 +200,20 @@ class GatewayModel:
         self._dispatch(req, decision, now)
 
     def _dispatch(self, req: SimRequest, decision: RouteDecision, now: float) -> None:
-        backend = next(b for b in self.by_model[req.model] if b.backend_id == decision.backend_id)
+        backend = self.by_id[decision.backend_id]
         req.decision = decision
         req.backend = backend
         req.attempts += 1
         req.tried.append(backend.backend_id)
         backend.in_flight += 1
+        backend._snaps.clear()
         req.counted = True
         spec = req.spec
-        transit = 0.5 * self.rtt_s(spec.client_region, backend.region) + self.gateway_overhead_s
+        transit = 0.5 * backend.rtt_s(spec.client_region) + self.gateway_overhead_s
         if spec.channel == "huggingface":
             transit += self.hf_half_rtt_s
         req.transit_s = transit
-        ev = self.env.timeout(transit, req)
-        ev.callbacks.append(self._on_reach_backend)
+        at(self.env, transit, self._on_reach_backend, req)
 
     def _on_reach_backend(self, ev: simpy.Event) -> None:
         req: SimRequest = ev._value
@@ -268,6 +270,7 @@ class GatewayModel:
     def _uncount(self, req: SimRequest) -> None:
         if req.counted:
             req.backend.in_flight -= 1
+            req.backend._snaps.clear()
             req.counted = False
 
     def _backend_error(self, req: SimRequest, error_type: str) -> None:
@@ -282,8 +285,7 @@ class GatewayModel:
         else:
             self.retries += 1
             # the error travels back to the gateway before the retry goes out
-            ev = self.env.timeout(req.transit_s, req)
-            ev.callbacks.append(self._on_retry)
+            at(self.env, req.transit_s, self._on_retry, req)
         self._release(backend)
 
     def _on_retry(self, ev: simpy.Event) -> None:
@@ -292,10 +294,28 @@ class GatewayModel:
             return
         self._route(req, self.env.now)
 
-    def _on_timeout(self, ev: simpy.Event) -> None:
-        req: SimRequest = ev._value
-        if req.done:
+    def _arm_timer(self, now: float) -> None:
+        """One timer for all client timeouts. The timeout is the same for every request, so
+        deadlines come in arrival order: the timer only ever waits for the oldest live request."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].done:
+            deadlines.popleft()
+        if not deadlines:
+            self._timer_armed = False
             return
+        self._timer_armed = True
+        at(self.env, max(0.0, deadlines[0][0] - now), self._on_timer)
+
+    def _on_timer(self, ev: simpy.Event) -> None:
+        now = self.env.now
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][1].done or deadlines[0][0] <= now):
+            deadline, req = deadlines.popleft()
+            if not req.done:
+                self._time_out(req)
+        self._arm_timer(now)
+
+    def _time_out(self, req: SimRequest) -> None:
         backend = req.backend
         if req.seq is not None:
             req.replica.abort(req.seq)

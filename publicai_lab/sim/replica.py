@@ -33,6 +33,7 @@ from typing import Any, Callable
 import simpy
 
 from publicai_lab.perf import EngineParams
+from publicai_lab.sim.events import at
 
 __all__ = ["Replica", "Seq"]
 
@@ -339,8 +340,7 @@ class Replica:
         self._chunks = chunks
         self.mode = STEP
         self._token += 1
-        ev = self.env.timeout(dt, self._token)
-        ev.callbacks.append(self._on_mixed_step_end)
+        at(self.env, dt, self._on_mixed_step_end, self._token)
         return True
 
     def _kv_tight(self, new_tokens: int) -> bool:
@@ -428,8 +428,7 @@ class Replica:
         self._run_start_s = now
         self.mode = RUN
         self._token += 1
-        ev = self.env.timeout(self._run_time(k), self._token)
-        ev.callbacks.append(self._on_run_end)
+        at(self.env, self._run_time(k), self._on_run_end, self._token)
 
     def _max_steps_fitting(self, k_max: int) -> int:
         """Largest k <= k_max such that k decode steps fit in the KV cache (binary search)."""
@@ -473,8 +472,7 @@ class Replica:
         self._run_k = k_new
         self._token += 1
         end = self._run_start_s + self._run_time(k_new)
-        ev = self.env.timeout(max(0.0, end - now), self._token)
-        ev.callbacks.append(self._on_run_end)
+        at(self.env, max(0.0, end - now), self._on_run_end, self._token)
 
     def _on_run_end(self, ev: simpy.Event) -> None:
         if ev._value != self._token:
