@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -24,6 +25,12 @@ METRIC_LABELS: dict[str, str] = {
     "queue_wait_s": "queue wait (s)",
 }
 _MISSING = "(none)"
+
+
+def _color(i: int, n: int) -> tuple[float, float, float, float]:
+    """Distinct colours: tab10 up to ten lines, tab20 beyond (the default cycle repeats after 10)."""
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return cmap(i % cmap.N)
 
 
 def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -52,13 +59,14 @@ def plot_latency_cdfs(requests: pd.DataFrame, by: str | None = "partner", metric
         keys = ok[by].astype("object").where(ok[by].notna(), _MISSING)
         groups = [(str(k), ok.loc[keys == k, metric]) for k in sorted(keys.unique(), key=str)]
     drawn = 0
-    for label, values in groups:
+    groups = list(groups)
+    for i, (label, values) in enumerate(groups):
         x = np.sort(values.dropna().to_numpy(dtype="float64"))
         if x.size == 0:
             continue
         x = np.concatenate(([x[0]], x))                  # start the curve at 0
         y = np.arange(0, x.size) / (x.size - 1)
-        ax.step(x, y, where="post", label=f"{label} (n={x.size - 1})")
+        ax.step(x, y, where="post", label=f"{label} (n={x.size - 1})", color=_color(i, len(groups)))
         drawn += 1
     label = METRIC_LABELS.get(metric, metric)
     ax.set_xlabel(label)
@@ -114,13 +122,19 @@ def plot_utilisation(replicas: pd.DataFrame, backends: pd.DataFrame | None = Non
     else:
         per = (replicas.groupby(["backend_id", "time_s"], sort=True)
                .agg(kv_use=("kv_use", "mean"), running=("running", "sum")).reset_index())
-        for i, (bid, g) in enumerate(per.groupby("backend_id", sort=True)):
-            color = f"C{i % 10}"
+        groups = list(per.groupby("backend_id", sort=True))
+        for i, (bid, g) in enumerate(groups):
+            color = _color(i, len(groups))
             label = labels.get(str(bid), str(bid))
             ax_kv.plot(g["time_s"], g["kv_use"] * 100.0, color=color, label=label)
             ax_run.plot(g["time_s"], g["running"], color=color, linestyle="--" if twin else "-",
                         label=label)
-        ax_kv.legend(fontsize="small", loc="upper left")
+        if ax is None and len(groups) > 6:
+            # many backends: one legend outside the axes so it hides no data
+            fig.set_size_inches(12.0, 6.0)
+            fig.legend(*ax_kv.get_legend_handles_labels(), loc="outside right upper", fontsize="x-small")
+        else:
+            ax_kv.legend(fontsize="small", loc="upper left")
     ax_kv.set_ylabel("mean KV-cache use (%)")
     ax_kv.set_ylim(0, 105)
     ax_run.set_ylim(bottom=0)

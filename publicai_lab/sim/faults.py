@@ -62,6 +62,7 @@ def schedule_faults(env: simpy.Environment, scenario: Any, backends: dict[str, B
             if end is not None:
                 _at(env, end, lambda b=b: [setattr(r, "slowdown", 1.0) for r in b.replicas])
         elif fault.kind == "withdraw":
-            _at(env, fault.at_s, lambda b=b, n=fault.replicas: lost(b.withdraw(n), "capacity_withdrawn"))
+            n = fault.replicas if fault.replicas is not None else len(b.replicas)
+            _at(env, fault.at_s, lambda b=b, n=n: lost(b.withdraw(n), "capacity_withdrawn"))
             if end is not None:
-                _at(env, end, lambda b=b, n=fault.replicas: b.restore(n))
+                _at(env, end, lambda b=b, n=n: b.restore(n))
