@@ -214,6 +214,9 @@ def build_tiny_model(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Path:
         _build_into(tmp, seed)
         if is_complete(out, seed=seed):  # another process finished first
             return out
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model is meant to be shared
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         if out.exists():
             shutil.rmtree(out)  # ours (checked above): an older recipe, another seed, or empty
         try:
