@@ -7,6 +7,8 @@ analysis function can take sim and live frames alike.
 Times are seconds relative to the start of the run. ``queue_wait_s`` is time spent waiting for a
 batch slot (gateway hold plus engine queue); ``ttft_s`` and ``e2e_s`` are measured from
 ``arrival_s`` as the client sees them (network included); ``tpot_s`` = (e2e - ttft) / (output - 1).
+``model`` is the model that served the request (a gateway model fallback shows here);
+``attempts`` counts dispatches, so a request retried once on another backend has 2.
 """
 
 from __future__ import annotations

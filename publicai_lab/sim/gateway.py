@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import simpy
 
-from publicai_lab.policies import BasePolicy, decide
+from publicai_lab.policies import BasePolicy, decide, eligible
 from publicai_lab.records import RequestRecord
 from publicai_lab.sim.backend import Backend
 from publicai_lab.sim.events import at
@@ -178,22 +178,19 @@ class GatewayModel:
             return
         limit = self.max_in_flight_per_replica
         if limit is not None:
-            eligible = {s.backend_id: s for s in view.backends}
-            if all(s.in_flight >= limit * s.replicas for s in eligible.values()):
+            # gateway flow control: hold the request while every eligible backend is full
+            ask = spec if req.model == spec.model else dataclasses.replace(spec, model=req.model)
+            free = {s.backend_id for s in eligible(ask, view).backends if s.in_flight < limit * s.replicas}
+            if not free:
                 if req.held_since != req.held_since:
                     req.held_since = now
                 self.held.setdefault(req.model, deque()).append(req)
                 return
-            chosen = eligible[decision.backend_id]
-            if chosen.in_flight >= limit * chosen.replicas:
-                for bid in decision.fallbacks:
-                    s = eligible[bid]
-                    if s.in_flight < limit * s.replicas:
-                        decision = dataclasses.replace(decision, backend_id=bid)
-                        break
-                else:
-                    free = next(s for s in eligible.values() if s.in_flight < limit * s.replicas)
-                    decision = dataclasses.replace(decision, backend_id=free.backend_id)
+            if decision.backend_id not in free:
+                order = (decision.backend_id, *decision.fallbacks)
+                chosen = next((b for b in order if b in free), None) or sorted(free)[0]
+                decision = RouteDecision(chosen, tuple(b for b in order if b != chosen),
+                                         decision.reason + "; full, moved by flow control", decision.scores)
         if req.held_since == req.held_since:
             req.wait_extra_s += now - req.held_since
             req.held_since = math.nan
