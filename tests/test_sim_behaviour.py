@@ -12,6 +12,7 @@ import pytest
 from publicai_lab import PolicyError, load_scenario, simulate, validate_frame
 from publicai_lab.policies import BasePolicy
 from publicai_lab.types import RouteDecision
+from conftest import SCENARIOS_DIR as ROOT_SCENARIOS
 from scenario_factory import single_cluster, two_partners
 
 
@@ -206,3 +207,50 @@ def test_kv_pressure_causes_preemptions_but_no_loss():
     assert (res.requests["status"] == "ok").all()
     assert res.events["preemptions"] > 0
     assert res.replicas["kv_use"].max() > 0.8
+
+
+def test_availability_windows_take_a_cluster_in_and_out_of_rotation():
+    d = two_partners(requests=600, rate_per_s=20, gateway={"cooldown_s": 1.0})
+    d["partners"][0]["clusters"][0]["availability"] = [{"start_s": 10.0, "end_s": 20.0}]
+    res = run(d)
+    df = res.requests
+    on_ch = df[df["backend_id"] == "ch/a"]
+    assert len(on_ch) > 50
+    # routed to ch/a only while it is up (the health check runs every second)
+    assert on_ch["arrival_s"].min() >= 10.0 and on_ch["arrival_s"].max() < 20.0
+    assert res.backends.set_index("backend_id").loc["ch/a", "available_s"] == pytest.approx(10.0)
+
+
+def test_trace_arrivals_replay_the_file_in_the_simulator(tmp_path):
+    from conftest import ROOT
+    d = single_cluster(requests=500, max_num_seqs=64)
+    d["workload"]["arrivals"] = {"kind": "trace", "path": str(ROOT / "data" / "traces" / "sample_conv.csv")}
+    d["workload"]["prompt_tokens"] = {"kind": "trace"}
+    d["workload"]["output_tokens"] = {"kind": "trace"}
+    d["models"]["tiny"] = {"spec": "llama-3.1-8b"}   # the trace has prompts beyond tiny-llama's 2k context
+    df = run(d).requests
+    trace = pd.read_csv(ROOT / "data" / "traces" / "sample_conv.csv", comment="#")
+    assert len(df) == len(trace) == 500
+    assert np.allclose(df["arrival_s"].to_numpy(), trace["arrival_s"].to_numpy() - trace["arrival_s"].iloc[0])
+    assert (df["prompt_tokens"].to_numpy() == trace["prompt_tokens"].to_numpy()).all()
+    assert (df["status"] == "ok").all()
+
+
+def test_azure_conversation_trace_replays_through_the_simulator():
+    from conftest import SHARED_DIR
+    path = SHARED_DIR / "traces" / "AzureLLMInferenceTrace_conv.csv"
+    if not path.exists():
+        pytest.skip("../shared/traces is absent")
+    d = load_scenario(ROOT_SCENARIOS / "publicai-2025.yaml").model_dump(mode="json")
+    d["requests"] = 20_000
+    d["workload"]["arrivals"] = {"kind": "trace", "path": str(path), "format": "azure"}
+    d["workload"]["prompt_tokens"] = {"kind": "trace", "max": 60_000}
+    d["workload"]["output_tokens"] = {"kind": "trace"}
+    res = run(d)
+    df = res.requests
+    assert len(df) == 19_366            # the whole trace: it ends before the request cap
+    assert (df["status"].isin(["ok", "rejected"])).all()
+    assert (df["status"] == "ok").mean() > 0.95
+    from publicai_lab.workload import read_azure_trace
+    trace = read_azure_trace(path)
+    assert np.allclose(df["arrival_s"].to_numpy(), trace["arrival_s"].to_numpy())
