@@ -155,6 +155,29 @@ class Replica:
             return (len(self.running), len(self.waiting), self.kv_use())
         return self._scraped
 
+    def tokens_out(self, seq: Seq, now: float) -> int:
+        """Output tokens ``seq`` has produced by ``now`` (a sequence still in this replica).
+
+        For streaming on a real-time clock (live/emulator_engine.py): inside a decode run the
+        run's finished steps are not yet in ``self.steps``, so count them from the run's start.
+        """
+        if seq.state != DECODE:
+            return min(seq.generated, seq.output_tokens)
+        n = seq.generated + self.steps - seq.join_step
+        if self.mode == RUN:
+            n += min(self._run_k, self._steps_done_by(now - self._run_start_s + 1e-9))
+        return min(n, seq.output_tokens)
+
+    def next_step_end_s(self, now: float) -> float:
+        """When the decode step in progress ends (inf outside a decode run); mixed steps and
+        run ends are SimPy events already."""
+        if self.mode != RUN:
+            return math.inf
+        done = self._steps_done_by(now - self._run_start_s + 1e-9)
+        if done >= self._run_k:
+            return math.inf
+        return self._run_start_s + self._run_time(done + 1)
+
     # ------------------------------------------------------------------ inputs
     def add(self, req: Any, prompt_tokens: int, output_tokens: int) -> Seq:
         """A request reaches this engine. Returns its sequence handle (for ``abort``)."""
