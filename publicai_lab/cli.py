@@ -7,6 +7,7 @@ exit status is 2; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -72,7 +73,31 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: live-stack commands: name -> (module registering it with ``add_cli``, one-line help). They are
+#: imported only when asked for, so the core install (no web server, no vLLM) stays light and fast.
+LIVE_COMMANDS: dict[str, tuple[str, str]] = {
+    "tiny-model": ("publicai_lab.live.tiny_model", "build the small random-weight Llama used offline"),
+    "backend": ("publicai_lab.live.backends", "launch a real vLLM OpenAI-compatible server"),
+    "gateway": ("publicai_lab.live.gateway", "run the OpenAI-compatible gateway with a routing policy"),
+    "emulate": ("publicai_lab.live.emulator", "serve emulated vLLM backends timed by the replica model"),
+    "loadgen": ("publicai_lab.live.loadgen", "replay a scenario's workload against a live endpoint"),
+}
+
+
+def _add_live_commands(sub: argparse._SubParsersAction, wanted: str | None) -> None:
+    for name, (module, help_text) in LIVE_COMMANDS.items():
+        if name != wanted:
+            sub.add_parser(name, help=help_text, description=f"{help_text} (publicai-lab {name} --help)")
+            continue
+        try:
+            importlib.import_module(module).add_cli(sub)
+        except ImportError as exc:
+            raise PublicAILabError(
+                f"`publicai-lab {name}` needs the live extra: pip install 'publicai-lab[live]' "
+                f"(missing module {exc.name!r})") from None
+
+
+def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="publicai-lab",
         description="Simulate, run live and compare federated LLM inference (Public AI).",
@@ -110,13 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check scenario files and exit (status 2 on the first error)")
     v.add_argument("scenarios", nargs="+")
     v.set_defaults(func=_cmd_validate)
+
+    _add_live_commands(sub, wanted)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
     try:
+        parser = build_parser(wanted)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            if not getattr(args, "pass_unknown_args", False):
+                parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            args.unknown_args = unknown
         return int(args.func(args) or 0)
     except PublicAILabError as exc:
         print(f"error: {exc}", file=sys.stderr)
