@@ -94,7 +94,23 @@ def _signal_group(pgid: int, sig: int) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
-    return _signal_group(pgid, 0)
+    """True while a live (non-zombie) process is in group ``pgid``. Zombies count as gone: once
+    their parent died they wait for init to reap them, which in a container can take seconds."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: a zombie then counts as alive
+        return _signal_group(pgid, 0)
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _kill_group_at_exit(pgid: int) -> None:
@@ -112,7 +128,8 @@ class VLLMServer:
     the defaults (:data:`DEFAULT_ENV`, plus :data:`OFFLINE_ENV` for a local model). ``cpus`` pins
     the whole server with ``taskset -c`` and binds vLLM's OpenMP threads to the same CPUs
     (``VLLM_CPU_OMP_THREADS_BIND``) — the set-up that makes CPU timings repeat.
-    ``served_model_name`` is the name clients use (default: ``model`` as given).
+    ``served_model_name`` is the name clients use (default: ``model`` as given), or several names
+    (the first is the one ``/v1/models`` lists; requests may use any).
     ``log_path=None`` logs to a new temporary file, kept after stop for post-mortems.
     """
 
@@ -122,7 +139,7 @@ class VLLMServer:
                  env: Mapping[str, str] | None = None,
                  cpus: str | int | Iterable[int] | None = None,
                  startup_timeout_s: float = 300.0,
-                 served_model_name: str | None = None,
+                 served_model_name: str | Sequence[str] | None = None,
                  python: str | os.PathLike[str] | None = None) -> None:
         self.model = str(model)
         self.host = host
@@ -132,7 +149,8 @@ class VLLMServer:
         self.env = dict(env or {})
         self.cpus = _cpu_list(cpus)
         self.startup_timeout_s = float(startup_timeout_s)
-        self.served_model_name = served_model_name
+        names = [served_model_name] if isinstance(served_model_name, str) else served_model_name
+        self.served_model_names: tuple[str, ...] = tuple(names or ())
         self.python = str(python) if python is not None else sys.executable
         self.startup_s: float | None = None  # launch -> /v1/models answering, last start
         self._proc: subprocess.Popen[bytes] | None = None
@@ -152,7 +170,7 @@ class VLLMServer:
     @property
     def model_name(self) -> str:
         """The model name this server answers to in requests and in ``/v1/models``."""
-        return self.served_model_name or self.model
+        return self.served_model_names[0] if self.served_model_names else self.model
 
     @property
     def pid(self) -> int | None:
@@ -169,8 +187,8 @@ class VLLMServer:
         assert self.port is not None
         cmd = [self.python, "-m", API_SERVER_MODULE, "--model", self.model,
                "--host", self.host, "--port", str(self.port)]
-        if self.served_model_name:
-            cmd += ["--served-model-name", self.served_model_name]
+        if self.served_model_names:
+            cmd += ["--served-model-name", *self.served_model_names]
         cmd += list(self.extra_args)
         if self.cpus is not None:
             cmd = ["taskset", "-c", self.cpus, *cmd]
@@ -362,7 +380,7 @@ def _cmd_backend(args: argparse.Namespace) -> int:
         extra = extra[1:]
     server = VLLMServer(args.model, port=args.port, host=args.host, extra_args=extra,
                         log_path=args.log, cpus=args.cpus, served_model_name=args.served_model_name,
-                        startup_timeout_s=args.startup_timeout_s)
+                        startup_timeout_s=args.startup_timeout_s, python=args.python)
 
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -408,8 +426,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log", help="log file (default: a new file in the temp directory)")
     p.add_argument("--cpus", help="pin the server to these CPUs, e.g. 1 or 0-1 (taskset + "
                                   "VLLM_CPU_OMP_THREADS_BIND)")
-    p.add_argument("--served-model-name", dest="served_model_name",
-                   help="model name clients use (default: --model as given)")
+    p.add_argument("--served-model-name", dest="served_model_name", nargs="+", metavar="NAME",
+                   help="model name(s) clients use (default: --model as given)")
+    p.add_argument("--python", help="Python interpreter that has vLLM installed "
+                                    "(default: this one)")
     p.add_argument("--startup-timeout-s", type=float, default=300.0, dest="startup_timeout_s",
                    help="give up if not ready after this many seconds (default 300)")
     p.set_defaults(func=_cmd_backend, pass_unknown_args=True)
