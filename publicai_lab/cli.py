@@ -73,9 +73,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-#: live-stack commands: name -> (module registering it with ``add_cli``, one-line help). They are
-#: imported only when asked for, so the core install (no web server, no vLLM) stays light and fast.
-LIVE_COMMANDS: dict[str, tuple[str, str]] = {
+#: commands living in their own modules: name -> (module registering it with ``add_cli``, one-line
+#: help). They are imported only when asked for, so the core install (no web server, no vLLM)
+#: stays light and the CLI starts fast.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "plan": ("publicai_lab.analysis.plan", "fewest replicas per cluster that hold the SLO at a load"),
     "tiny-model": ("publicai_lab.live.tiny_model", "build the small random-weight Llama used offline"),
     "backend": ("publicai_lab.live.backends", "launch a real vLLM OpenAI-compatible server"),
     "gateway": ("publicai_lab.live.gateway", "run the OpenAI-compatible gateway with a routing policy"),
@@ -84,16 +86,17 @@ LIVE_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _add_live_commands(sub: argparse._SubParsersAction, wanted: str | None) -> None:
-    for name, (module, help_text) in LIVE_COMMANDS.items():
+def _add_lazy_commands(sub: argparse._SubParsersAction, wanted: str | None) -> None:
+    for name, (module, help_text) in LAZY_COMMANDS.items():
         if name != wanted:
             sub.add_parser(name, help=help_text, description=f"{help_text} (publicai-lab {name} --help)")
             continue
         try:
             importlib.import_module(module).add_cli(sub)
         except ImportError as exc:
+            extra = "live" if ".live." in module else "dask"
             raise PublicAILabError(
-                f"`publicai-lab {name}` needs the live extra: pip install 'publicai-lab[live]' "
+                f"`publicai-lab {name}` needs the {extra} extra: pip install 'publicai-lab[{extra}]' "
                 f"(missing module {exc.name!r})") from None
 
 
@@ -136,7 +139,7 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     v.add_argument("scenarios", nargs="+")
     v.set_defaults(func=_cmd_validate)
 
-    _add_live_commands(sub, wanted)
+    _add_lazy_commands(sub, wanted)
     return p
 
 
