@@ -83,6 +83,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("publicai_lab.live.gateway", "run the OpenAI-compatible gateway with a routing policy"),
     "emulate": ("publicai_lab.live.emulator", "serve emulated vLLM backends timed by the replica model"),
     "loadgen": ("publicai_lab.live.loadgen", "replay a scenario's workload against a live endpoint"),
+    "calibrate": ("publicai_lab.live.calibrate", "fit the perf model's coefficients to a live vLLM server"),
+    "compare": ("publicai_lab.analysis.compare", "run one workload in the simulator and live; error table"),
 }
 
 

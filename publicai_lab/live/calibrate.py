@@ -1,0 +1,617 @@
+"""Fit the simulator's step-time model to a live vLLM-compatible server.
+
+``calibrate(target, model)`` sweeps prompt length × concurrency × output length. Each *group* is
+B identical-shape requests sent at once to ``/v1/completions`` — streaming, ``ignore_eos``, fixed
+``max_tokens``, prompts given as *token ids* (exact length without a tokenizer; random ids from the
+server's own ``/tokenize`` of filler text, so vLLM's prefix cache never hits) and
+``return_token_ids`` (vLLM then sends every token's ids, so a chunk carrying several tokens is
+counted right; servers without it send one token a chunk, as the emulator does).
+
+Observations, one row each (the design matrix of :meth:`StepTimeModel.step_s`):
+
+- **prefill**: a lone request's client TTFT (median of a few) ≈ ``overhead + c0 + c_prefill·P (+ c_prefill_sq·P²)``.
+  ``overhead`` (HTTP, tokenisation, detokenisation, API server) is a nuisance column fitted beside
+  the coefficients and *not* part of the step model: the simulator models network and gateway
+  separately. It is saved as metadata (``request_overhead_s``).
+- **decode**: in the interval where all B requests of a group are decoding, each request's token
+  stream is cut into a few windows; a window's mean inter-token time is one step
+  ``c0 + c_decode·B + c_ctx·ΣC`` with ΣC = the context (prompt + generated so far) of the B
+  sequences at the window's middle. Windows of the B requests are averaged (they share steps).
+
+The fit is non-negative least squares (``scipy.optimize.nnls``) on *relative* residuals (each row
+divided by its observation): observations span two orders of magnitude (a 3 ms step, a 100 ms
+prefill) and their noise is roughly proportional. Fit quality: R² overall and per kind (the overall
+one is flattered by the gap between kinds), relative residuals per observation, a residual plot.
+
+vLLM's own ``/metrics`` histograms (``vllm:time_to_first_token_seconds``,
+``vllm:inter_token_latency_seconds``) are read before and after every group when the target has
+them: their means per cell are reported beside the client timings, and ``timing="server"`` fits
+the prefill rows to the server-side TTFT (no HTTP overhead) instead.
+
+Cells whose KV footprint B·(P+n) exceeds 90 % of the server's cache (``vllm:cache_config_info``)
+are skipped (they would preempt); groups where the B requests never all decode together (the
+server queued some: ``max_num_seqs`` < B) give no decode rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from publicai_lab.errors import PublicAILabError
+from publicai_lab.perf.step_time import StepTimeModel
+
+__all__ = ["calibrate", "calibrate_async", "Calibration", "fit_observations", "decode_windows",
+           "QUICK", "FULL", "add_cli"]
+
+#: the default sweeps. QUICK fits in well under a minute on one CPU core with the tiny model.
+QUICK: dict[str, Any] = dict(prompt_lengths=(32, 256, 768), concurrencies=(1, 4, 12), output_lengths=(64,),
+                             repeats=2)
+FULL: dict[str, Any] = dict(prompt_lengths=(32, 128, 512, 1024), concurrencies=(1, 2, 4, 8, 16),
+                            output_lengths=(32, 128), repeats=3)
+COEFFS = ("c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s")
+_WINDOWS = 4
+_FALLBACK_IDS = tuple(range(10, 100))
+_TTFT_H = "vllm:time_to_first_token_seconds"
+_ITL_H = "vllm:inter_token_latency_seconds"
+_ITL_H_OLD = "vllm:time_per_output_token_seconds"
+
+Progress = Callable[[int, int, str], None]
+
+
+class CalibrationError(PublicAILabError):
+    """The target could not be calibrated (unreachable, wrong model, refused requests, no data)."""
+
+
+# ---------------------------------------------------------------------- the result
+@dataclass
+class Calibration:
+    """A fitted step-time model and the evidence for it.
+
+    ``observations``: one row per fitted observation (kind, prompt_tokens, output_tokens,
+    concurrency, the design columns prefill_tokens/prefill_sq_tokens/decode_seqs/context_tokens,
+    observed_s, predicted_s, rel_residual). ``cells``: per sweep cell, client and server-side
+    (``/metrics``) means. ``r2`` on the raw seconds, ``r2_by_kind`` per observation kind.
+    """
+
+    model: StepTimeModel
+    request_overhead_s: float
+    r2: float
+    r2_by_kind: dict[str, float]
+    observations: pd.DataFrame
+    cells: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(len(self.observations))
+
+    def predict_e2e_s(self, prompt_tokens: int, output_tokens: int) -> float:
+        """A lone request's client E2E: overhead + one prefill step + the decode steps."""
+        return self.request_overhead_s + self.model.service_s(int(prompt_tokens), int(output_tokens))
+
+    def predict_ttft_s(self, prompt_tokens: int) -> float:
+        p = int(prompt_tokens)
+        return self.request_overhead_s + self.model.step_s(p, 0, 0, p * p)
+
+    def metadata(self) -> dict[str, Any]:
+        return {**self.meta, "r2": _round(self.r2), "r2_by_kind": {k: _round(v) for k, v in self.r2_by_kind.items()},
+                "n": self.n, "request_overhead_s": _round(self.request_overhead_s),
+                "rel_residual_p50": _round(float(self.observations["rel_residual"].abs().median()))
+                if self.n else None}
+
+    def save(self, path: str | Path) -> Path:
+        """``data/perf_models/NAME.json`` format (read back by ``perf.load_perf_model_file``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.model.to_json(path, **self.metadata())
+        return path
+
+    def plot_residuals(self, path: str | Path | None = None) -> Any:
+        """Observed vs predicted (log-log) and relative residuals per observation, by kind."""
+        import matplotlib
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        obs = self.observations
+        for kind, marker in (("prefill", "o"), ("decode", ".")):
+            d = obs[obs["kind"] == kind]
+            if d.empty:
+                continue
+            a1.scatter(d["predicted_s"] * 1e3, d["observed_s"] * 1e3, marker=marker, label=kind, alpha=0.7)
+            a2.scatter(d["predicted_s"] * 1e3, d["rel_residual"] * 100, marker=marker, label=kind, alpha=0.7)
+        if not obs.empty:
+            lo = float(min(obs["predicted_s"].min(), obs["observed_s"].min())) * 1e3
+            hi = float(max(obs["predicted_s"].max(), obs["observed_s"].max())) * 1e3
+            a1.plot([lo, hi], [lo, hi], color="grey", lw=1)
+            a1.set_xscale("log")
+            a1.set_yscale("log")
+            a2.set_xscale("log")
+        a2.axhline(0, color="grey", lw=1)
+        a1.set_xlabel("predicted (ms)")
+        a1.set_ylabel("observed (ms)")
+        a1.set_title(f"fit: R² {self.r2:.3f} (n={self.n})")
+        a2.set_xlabel("predicted (ms)")
+        a2.set_ylabel("residual (% of observed)")
+        a2.set_title("relative residuals")
+        a1.legend()
+        fig.tight_layout()
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+    def to_markdown(self) -> str:
+        c = self.model.coefficients()
+        lines = [f"## Calibration of `{self.meta.get('model', '?')}` at {self.meta.get('target', '?')}", "",
+                 "| coefficient | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in c.items()]
+        lines += [f"| request_overhead_s (not in the step model) | {self.request_overhead_s:.4g} |", "",
+                  f"R² {self.r2:.4f} overall, " + ", ".join(f"{k} {v:.4f}" for k, v in self.r2_by_kind.items())
+                  + f"; n = {self.n}; median |relative residual| "
+                  f"{float(self.observations['rel_residual'].abs().median()) * 100 if self.n else math.nan:.1f} %."]
+        if not self.cells.empty:
+            lines += ["", "| P | B | n | client TTFT ms | server TTFT ms | client ITL ms | server ITL ms | groups |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for r in self.cells.itertuples(index=False):
+                lines.append(f"| {r.prompt_tokens} | {r.concurrency} | {r.output_tokens} | {r.client_ttft_s * 1e3:.2f} | "
+                             f"{r.server_ttft_s * 1e3:.2f} | {r.client_itl_s * 1e3:.3f} | {r.server_itl_s * 1e3:.3f} | "
+                             f"{r.groups} |")
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        c = ", ".join(f"{k}={v:.3g}" for k, v in self.model.coefficients().items())
+        return f"Calibration({c}, overhead={self.request_overhead_s:.3g}s, R²={self.r2:.4f}, n={self.n})"
+
+
+def _round(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(f"{x:.6g}")
+
+
+# ---------------------------------------------------------------------- the fit
+def _r2(y: np.ndarray, yhat: np.ndarray) -> float:
+    if y.size < 2:
+        return math.nan
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - float(((y - yhat) ** 2).sum()) / ss_tot if ss_tot > 0 else math.nan
+
+
+def fit_observations(obs: pd.DataFrame, *, prefill_sq: bool = False,
+                     source: str = "calibrate") -> tuple[StepTimeModel, float, pd.DataFrame]:
+    """Non-negative least squares on relative residuals.
+
+    ``obs`` needs columns kind, prefill_tokens, prefill_sq_tokens, decode_seqs, context_tokens,
+    observed_s. Returns (model, request overhead, obs with predicted_s and rel_residual).
+    """
+    from scipy.optimize import nnls
+
+    if obs.empty:
+        raise CalibrationError("no observations to fit")
+    y = obs["observed_s"].to_numpy(float)
+    is_prefill = (obs["kind"] == "prefill").to_numpy(float)
+    cols = {"c0_s": np.ones(len(obs)), "c_prefill_s": obs["prefill_tokens"].to_numpy(float),
+            "c_prefill_sq_s": obs["prefill_sq_tokens"].to_numpy(float),
+            "c_decode_s": obs["decode_seqs"].to_numpy(float), "c_ctx_s": obs["context_tokens"].to_numpy(float),
+            "overhead_s": is_prefill}
+    names = [k for k in cols if k != "c_prefill_sq_s" or prefill_sq]
+    names = [k for k in names if np.any(cols[k] != 0)]        # an all-zero column cannot be identified
+    X = np.column_stack([cols[k] for k in names])
+    w = 1.0 / np.maximum(y, 1e-6)
+    Xw = X * w[:, None]
+    scale = np.abs(Xw).max(axis=0)
+    scale[scale == 0] = 1.0
+    beta_scaled, _ = nnls(Xw / scale, y * w)
+    beta = dict(zip(names, beta_scaled / scale))
+    coeffs = {k: float(beta.get(k, 0.0)) for k in COEFFS}
+    model = StepTimeModel(**coeffs, source=source)
+    overhead = float(beta.get("overhead_s", 0.0))
+    yhat = X @ (beta_scaled / scale)
+    out = obs.copy()
+    out["predicted_s"] = yhat
+    out["rel_residual"] = (y - yhat) / np.maximum(y, 1e-12)
+    return model, overhead, out
+
+
+# ---------------------------------------------------------------------- one group's traces
+@dataclass
+class _Trace:
+    """One streamed request: send time, chunk arrival times and cumulative tokens (group clock)."""
+
+    prompt_tokens: int
+    output_tokens: int
+    sent_s: float
+    times_s: list[float] = field(default_factory=list)
+    cum_tokens: list[int] = field(default_factory=list)
+    completion_tokens: int | None = None
+
+    @property
+    def ttft_s(self) -> float:
+        return self.times_s[0] - self.sent_s if self.times_s else math.nan
+
+    @property
+    def itl_s(self) -> float:
+        """Mean inter-token time after the first token (the client's TPOT)."""
+        if len(self.times_s) < 2 or self.cum_tokens[-1] <= self.cum_tokens[0]:
+            return math.nan
+        return (self.times_s[-1] - self.times_s[0]) / (self.cum_tokens[-1] - self.cum_tokens[0])
+
+
+def decode_windows(traces: Sequence[_Trace], windows: int = _WINDOWS) -> list[dict[str, float]]:
+    """Decode-step observations of one group: windows of the interval where all requests decode.
+
+    Each request's chunks inside [last first-token, first last-token] are cut into ``windows``
+    runs of equal chunk count; a run's step time is Δt / Δtokens; the same-index windows of the
+    B requests are averaged. Context at a window's middle: Σ over requests of prompt + tokens out.
+    """
+    live = [t for t in traces if len(t.times_s) >= 2]
+    if len(live) != len(traces) or not traces:
+        return []
+    start = max(t.times_s[0] for t in traces)
+    end = min(t.times_s[-1] for t in traces)
+    if end <= start:
+        return []
+    per_window: list[list[tuple[float, float]]] = [[] for _ in range(windows)]   # (step_s, t_mid)
+    for t in traces:
+        ts = np.asarray(t.times_s)
+        cum = np.asarray(t.cum_tokens)
+        idx = np.nonzero((ts >= start) & (ts <= end))[0]
+        if idx.size < windows + 1:
+            continue
+        cuts = np.linspace(0, idx.size - 1, windows + 1).round().astype(int)
+        for k in range(windows):
+            a, b = idx[cuts[k]], idx[cuts[k + 1]]
+            dn = cum[b] - cum[a]
+            if dn <= 0:
+                continue
+            per_window[k].append(((ts[b] - ts[a]) / dn, 0.5 * (ts[a] + ts[b])))
+    rows = []
+    for k, vals in enumerate(per_window):
+        if len(vals) != len(traces):
+            continue
+        step = float(np.mean([v[0] for v in vals]))
+        mid = float(np.mean([v[1] for v in vals]))
+        ctx = 0.0
+        for t in traces:
+            out = float(np.interp(mid, t.times_s, t.cum_tokens))
+            ctx += t.prompt_tokens + out
+        rows.append({"window": k, "step_s": step, "decode_seqs": len(traces), "context_tokens": ctx})
+    return rows
+
+
+# ---------------------------------------------------------------------- talking to the server
+def _root_url(target: str) -> str:
+    t = target.rstrip("/")
+    return t[:-3] if t.endswith("/v1") else t
+
+
+def _metric_means(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
+    """Mean of TTFT and ITL histogram observations between two /metrics scrapes (NaN without)."""
+    from publicai_lab.live.metrics import sample_sum
+
+    out = {"server_ttft_s": math.nan, "server_itl_s": math.nan}
+    if before is None or after is None:
+        return out
+    for key, names in (("server_ttft_s", (_TTFT_H,)), ("server_itl_s", (_ITL_H, _ITL_H_OLD))):
+        for name in names:
+            s1, c1 = sample_sum(after, name + "_sum"), sample_sum(after, name + "_count")
+            s0, c0 = sample_sum(before, name + "_sum"), sample_sum(before, name + "_count")
+            if None in (s1, c1, s0, c0):
+                continue
+            if c1 - c0 > 0:  # type: ignore[operator]
+                out[key] = (s1 - s0) / (c1 - c0)  # type: ignore[operator]
+                break
+    return out
+
+
+def _kv_capacity_tokens(samples: dict[str, Any] | None) -> int | None:
+    """KV cache tokens from ``vllm:cache_config_info`` (num_gpu_blocks × block_size), if shown."""
+    if not samples:
+        return None
+    for labels, _ in samples.get("vllm:cache_config_info", ()):
+        try:
+            return int(labels["num_gpu_blocks"]) * int(labels["block_size"])
+        except (KeyError, ValueError, TypeError):
+            continue
+    return None
+
+
+class _Client:
+    def __init__(self, session: Any, root: str, model: str, headers: dict[str, str], timeout_s: float) -> None:
+        self.session, self.root, self.model, self.headers, self.timeout_s = session, root, model, headers, timeout_s
+        self.has_metrics = True
+
+    async def get_json(self, path: str) -> Any:
+        async with self.session.get(self.root + path, headers=self.headers) as resp:
+            if resp.status != 200:
+                return None
+            return await resp.json(content_type=None)
+
+    async def metrics(self) -> dict[str, Any] | None:
+        if not self.has_metrics:
+            return None
+        from publicai_lab.live.metrics import parse_prometheus
+        try:
+            async with self.session.get(self.root + "/metrics", headers=self.headers) as resp:
+                if resp.status != 200:
+                    self.has_metrics = False
+                    return None
+                samples = parse_prometheus(await resp.text())
+        except Exception:  # noqa: BLE001 - a gateway or proxy without vLLM's page
+            self.has_metrics = False
+            return None
+        if _TTFT_H + "_count" not in samples:
+            self.has_metrics = False
+            return None
+        return samples
+
+    async def token_pool(self) -> list[int]:
+        """Token ids of filler text from the server's tokenizer (valid ids for any model)."""
+        text = ("the quick brown fox jumps over the lazy dog while seven wizards quietly hum "
+                "about distant mountains rivers and clouds") * 2
+        try:
+            async with self.session.post(self.root + "/tokenize", json={"model": self.model, "prompt": text},
+                                         headers=self.headers) as resp:
+                if resp.status == 200:
+                    ids = (await resp.json(content_type=None)).get("tokens") or []
+                    pool = sorted({int(i) for i in ids if isinstance(i, int)})
+                    if len(pool) >= 8:
+                        return pool
+        except Exception:  # noqa: BLE001 - no /tokenize: small ids exist in every vocabulary
+            pass
+        return list(_FALLBACK_IDS)
+
+    async def stream(self, prompt_ids: list[int], max_tokens: int, t0: float) -> _Trace:
+        payload = {"model": self.model, "prompt": prompt_ids, "max_tokens": int(max_tokens), "stream": True,
+                   "ignore_eos": True, "temperature": 0.0, "return_token_ids": True,
+                   "stream_options": {"include_usage": True}}
+        trace = _Trace(len(prompt_ids), int(max_tokens), time.perf_counter() - t0)
+        total = 0
+        async with self.session.post(self.root + "/v1/completions", json=payload, headers=self.headers) as resp:
+            if resp.status != 200:
+                body = (await resp.text())[:300]
+                raise CalibrationError(f"{self.root}/v1/completions answered HTTP {resp.status}: {body}")
+            async for raw in resp.content:
+                now = time.perf_counter() - t0
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                obj = json.loads(data)
+                usage = obj.get("usage")
+                if usage and usage.get("completion_tokens") is not None:
+                    trace.completion_tokens = int(usage["completion_tokens"])
+                for ch in obj.get("choices") or ():
+                    ids = ch.get("token_ids")
+                    n = len(ids) if isinstance(ids, list) else 1
+                    if n <= 0:
+                        continue
+                    total += n
+                    trace.times_s.append(now)
+                    trace.cum_tokens.append(total)
+        return trace
+
+
+# ---------------------------------------------------------------------- the sweep
+async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[int] = QUICK["prompt_lengths"],
+                          concurrencies: Sequence[int] = QUICK["concurrencies"],
+                          output_lengths: Sequence[int] = QUICK["output_lengths"], repeats: int = QUICK["repeats"],
+                          warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "client",
+                          hardware: str | None = None, api_key: str | None = None, seed: int = 0,
+                          timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
+    """:func:`calibrate` inside a running event loop."""
+    import aiohttp
+
+    if timing not in ("client", "server"):
+        raise CalibrationError(f"timing: got {timing!r}; allowed: client, server")
+    if min(output_lengths) < _WINDOWS + 2:
+        raise CalibrationError(f"output_lengths must be >= {_WINDOWS + 2} (decode windows need tokens)")
+    if 1 not in concurrencies:
+        raise CalibrationError("concurrencies must include 1 (lone requests give the prefill rows)")
+    if len(set(prompt_lengths)) < 2:
+        raise CalibrationError("need at least two prompt lengths to separate c0 from c_prefill")
+    rng = np.random.default_rng(seed)
+    root = _root_url(target)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    cells = list(itertools.product(sorted(prompt_lengths), sorted(concurrencies), sorted(output_lengths)))
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(cells) * repeats, desc="calibrate", unit="group")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                     connector=aiohttp.TCPConnector(limit=0)) as session:
+        client = _Client(session, root, model, headers, timeout_s)
+        try:
+            listing = await client.get_json("/v1/models")
+        except Exception as exc:  # noqa: BLE001
+            raise CalibrationError(f"cannot reach {root}/v1/models: {exc}") from None
+        names = [m.get("id") for m in (listing or {}).get("data", [])] if listing else []
+        if names and model not in names:
+            raise CalibrationError(f"model {model!r} is not served at {root}; it serves: {', '.join(names)}")
+        version = await client.get_json("/version") if listing is not None else None
+        pool = np.asarray(await client.token_pool())
+        first = await client.metrics()
+        kv_tokens = _kv_capacity_tokens(first)
+
+        def prompt(p: int) -> list[int]:
+            return [int(i) for i in rng.choice(pool, size=p)]
+
+        t0 = time.perf_counter()
+        # warm-up: lone requests and one full batch (allocators, compiled kernels, caches)
+        for _ in range(max(0, warmup)):
+            await client.stream(prompt(max(prompt_lengths)), 8, t0)
+        if warmup:
+            await asyncio.gather(*(client.stream(prompt(min(prompt_lengths)), 8, t0)
+                                   for _ in range(max(concurrencies))))
+        obs_rows: list[dict[str, Any]] = []
+        cell_rows: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        done = 0
+        for p, b, n in cells:
+            if kv_tokens is not None and b * (p + n) > 0.9 * kv_tokens:
+                skipped.append(f"P={p} B={b} n={n}")
+                done += repeats
+                continue
+            ttfts, itls, server = [], [], []
+            groups = 0
+            for r in range(repeats):
+                before = await client.metrics()
+                g0 = time.perf_counter()
+                traces = await asyncio.gather(*(client.stream(prompt(p), n, g0) for _ in range(b)))
+                after = await client.metrics()
+                means = _metric_means(before, after)
+                server.append(means)
+                groups += 1
+                ttfts += [t.ttft_s for t in traces]
+                itls += [t.itl_s for t in traces]
+                base = {"prompt_tokens": p, "output_tokens": n, "concurrency": b, "repeat": r}
+                if b == 1:
+                    # one prefill row per lone group: the median TTFT of the group's request and
+                    # ``prefill_probes`` one-token requests (client jitter is one-sided and ms-sized)
+                    probes = [traces[0].ttft_s]
+                    for _ in range(max(0, prefill_probes)):
+                        probes.append((await client.stream(prompt(p), 1, g0)).ttft_s)
+                    ttfts += probes[1:]
+                    y = means["server_ttft_s"] if timing == "server" else float(np.median(probes))
+                    if math.isfinite(y):
+                        obs_rows.append({**base, "kind": "prefill", "window": -1, "prefill_tokens": p,
+                                         "prefill_sq_tokens": float(p * p), "decode_seqs": 0,
+                                         "context_tokens": 0.0, "observed_s": y})
+                for w in decode_windows(traces):
+                    obs_rows.append({**base, "kind": "decode", "window": w["window"], "prefill_tokens": 0,
+                                     "prefill_sq_tokens": 0.0, "decode_seqs": w["decode_seqs"],
+                                     "context_tokens": w["context_tokens"], "observed_s": w["step_s"]})
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                elif callable(progress):
+                    progress(done, len(cells) * repeats, f"P={p} B={b} n={n} #{r}")
+            cell_rows.append({"prompt_tokens": p, "concurrency": b, "output_tokens": n, "groups": groups,
+                              "client_ttft_s": float(np.nanmean(ttfts)), "client_itl_s": float(np.nanmean(itls)),
+                              "server_ttft_s": float(np.nanmean([m["server_ttft_s"] for m in server]))
+                              if any(math.isfinite(m["server_ttft_s"]) for m in server) else math.nan,
+                              "server_itl_s": float(np.nanmean([m["server_itl_s"] for m in server]))
+                              if any(math.isfinite(m["server_itl_s"]) for m in server) else math.nan})
+        wall_s = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    obs = pd.DataFrame(obs_rows)
+    if obs.empty or not (obs["kind"] == "prefill").any() or not (obs["kind"] == "decode").any():
+        raise CalibrationError(f"the sweep produced no usable observations (skipped cells: {skipped})")
+    fitted, overhead, obs = fit_observations(obs, prefill_sq=prefill_sq, source=f"calibrate:{root}")
+    y, yhat = obs["observed_s"].to_numpy(), obs["predicted_s"].to_numpy()
+    r2_kind = {k: _r2(y[(obs["kind"] == k).to_numpy()], yhat[(obs["kind"] == k).to_numpy()])
+               for k in ("prefill", "decode")}
+    cells_df = pd.DataFrame(cell_rows)
+    lone = cells_df[cells_df["concurrency"] == 1]
+    api_overhead = float((lone["client_ttft_s"] - lone["server_ttft_s"]).mean()) if not lone.empty else math.nan
+    meta = {"model": model, "hardware": hardware or "unknown", "target": root,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "vllm_version": (version or {}).get("version") if isinstance(version, dict) else None,
+            "timing": timing, "fit": "nnls on relative residuals" + (" with prefill_sq" if prefill_sq else ""),
+            "sweep": {"prompt_lengths": list(map(int, prompt_lengths)), "concurrencies": list(map(int, concurrencies)),
+                      "output_lengths": list(map(int, output_lengths)), "repeats": int(repeats)},
+            "skipped_cells": skipped, "kv_capacity_tokens": kv_tokens, "wall_s": round(wall_s, 2),
+            "client_minus_server_ttft_s": _round(api_overhead)}
+    return Calibration(model=fitted, request_overhead_s=overhead, r2=_r2(y, yhat), r2_by_kind=r2_kind,
+                       observations=obs, cells=cells_df, meta=meta)
+
+
+def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
+    """Profile the server at ``target`` serving ``model`` and fit the step-time model.
+
+    Keywords: ``prompt_lengths``, ``concurrencies`` (must include 1), ``output_lengths``, ``repeats``
+    (defaults: :data:`QUICK`; :data:`FULL` for a thorough sweep), ``warmup`` (lone requests first),
+    ``prefill_probes`` (extra one-token lone requests per lone group; the prefill row is the median),
+    ``prefill_sq`` (also fit c_prefill_sq_s), ``timing`` ("client" or "server": prefill rows from
+    the client's TTFT or vLLM's TTFT histogram), ``hardware`` (label for the metadata),
+    ``api_key``, ``seed`` (prompt token draws), ``progress`` (True: a bar; a callable
+    ``(done, total, label)``). Works against vLLM (CPU or GPU) and the emulator alike.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(calibrate_async(target, model, **kwargs))
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["r"] = asyncio.run(calibrate_async(target, model, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["e"] = exc
+
+    th = threading.Thread(target=work, name="calibrate")
+    th.start()
+    th.join()
+    if "e" in box:
+        raise box["e"]
+    return box["r"]
+
+
+# ---------------------------------------------------------------------- CLI
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.replace(",", " ").split())
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    sweep = dict(QUICK if args.quick else FULL)
+    for key in ("prompt_lengths", "concurrencies", "output_lengths"):
+        if getattr(args, key):
+            sweep[key] = _ints(getattr(args, key))
+    if args.repeats is not None:
+        sweep["repeats"] = args.repeats
+    cal = calibrate(args.target, args.model, **sweep, prefill_sq=args.prefill_sq, timing=args.timing,
+                    hardware=args.hardware, api_key=args.api_key, seed=args.seed,
+                    progress=None if args.quiet else True)
+    path = cal.save(args.out)
+    print(cal.to_markdown())
+    print(f"saved {path}")
+    plot = args.plot or str(Path(args.out).with_suffix("")) + "_residuals.png"
+    cal.plot_residuals(plot)
+    print(f"residual plot {plot}")
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``calibrate``."""
+    p = subparsers.add_parser(
+        "calibrate", help="fit the step-time perf model to a live vLLM server",
+        description="Sweep prompt length x concurrency x output length against a vLLM-compatible server "
+                    "(streaming, ignore_eos, fixed max_tokens), fit c0/c_prefill/c_decode/c_ctx by "
+                    "non-negative least squares, report R² and residuals, save data/perf_models JSON.",
+        epilog="Example: publicai-lab calibrate --target http://127.0.0.1:8000 --model publicai-lab/tiny-llama "
+               "--out data/perf_models/tiny-llama_cpu.json --quick")
+    p.add_argument("--target", required=True, help="base URL of the server (with or without /v1)")
+    p.add_argument("--model", required=True, help="served model name")
+    p.add_argument("--out", required=True, help="output JSON, e.g. data/perf_models/NAME.json")
+    p.add_argument("--quick", action="store_true", help="small sweep (well under a minute on the tiny model)")
+    p.add_argument("--plot", help="residual plot PNG (default: OUT without .json + _residuals.png)")
+    p.add_argument("--hardware", help="hardware label for the metadata (e.g. H100-SXM, cpu-1core)")
+    p.add_argument("--prompt-lengths", help="e.g. '32,256,1024' (overrides the sweep's)")
+    p.add_argument("--concurrencies", help="e.g. '1,4,16' (must include 1)")
+    p.add_argument("--output-lengths", help="e.g. '64,128'")
+    p.add_argument("--repeats", type=int, help="groups per cell")
+    p.add_argument("--prefill-sq", action="store_true", help="also fit c_prefill_sq_s (attention's P² term)")
+    p.add_argument("--timing", choices=("client", "server"), default="client",
+                   help="prefill rows from client TTFT (default) or vLLM's TTFT histogram")
+    p.add_argument("--api-key", help="bearer token, if the target wants one")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt token draws")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_calibrate)

@@ -1,0 +1,131 @@
+"""Calibration against an emulated vLLM whose step-time coefficients are known.
+
+The emulator times tokens with the simulator's replica model, so a calibration that works must
+recover the coefficients it was given. Tolerances (relative): c0, c_decode 10 %, c_ctx 20 %,
+c_prefill 15 %. Why not tighter: tokens leave the emulator on asyncio timers, a fraction of a
+millisecond late on a loaded 2-core machine (decode steps are 3–15 ms: a few per cent); and the
+client TTFT carries HTTP/JSON overhead that grows a little with the prompt (a longer body of token
+ids), which the fit's constant overhead term cannot absorb — that biases c_prefill low by ~5 %
+(the server-side TTFT from /metrics has no such bias). c_ctx is the smallest effect (≤ 20 % of a step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from publicai_lab.live.calibrate import (Calibration, _Trace, add_cli, calibrate, decode_windows,
+                                         fit_observations)
+from publicai_lab.live.emulator import EmulatedBackend, default_engine_params, serve_many
+from publicai_lab.perf import StepTimeModel
+from publicai_lab.perf.step_time import load_perf_model_file
+
+TRUTH = StepTimeModel(c0_s=0.003, c_prefill_s=2e-5, c_decode_s=2e-4, c_ctx_s=1e-6)
+TOL = {"c0_s": 0.10, "c_prefill_s": 0.15, "c_decode_s": 0.10, "c_ctx_s": 0.20}
+
+
+@pytest.fixture(scope="module")
+def emulated_url():
+    b = EmulatedBackend("emu/model", engine=replace(default_engine_params(), perf=TRUTH))
+    with serve_many([b]) as urls:
+        yield urls[0]
+
+
+@pytest.fixture(scope="module")
+def calibration(emulated_url) -> Calibration:
+    return calibrate(emulated_url, "emu/model", prompt_lengths=(32, 256, 768), concurrencies=(1, 4, 12),
+                     output_lengths=(48,), repeats=2, hardware="emulator")
+
+
+def test_recovers_known_coefficients(calibration):
+    got = calibration.model.coefficients()
+    want = TRUTH.coefficients()
+    for k, tol in TOL.items():
+        assert got[k] == pytest.approx(want[k], rel=tol), (k, got[k], want[k])
+    assert got["c_prefill_sq_s"] == 0.0                       # not fitted unless asked
+    assert calibration.r2 > 0.99
+    assert all(v > 0.95 for v in calibration.r2_by_kind.values())
+    assert calibration.observations["rel_residual"].abs().median() < 0.05
+    assert 0.0 <= calibration.request_overhead_s < 0.02
+    # /metrics histograms were read: the server-side TTFT of a lone request is one prefill step
+    lone = calibration.cells.query("concurrency == 1").set_index("prompt_tokens")
+    for p, row in lone.iterrows():
+        assert row["server_ttft_s"] == pytest.approx(TRUTH.step_s(p, 0, 0, p * p), rel=0.15)
+    # a lone request's E2E prediction from the fit agrees with the truth
+    truth_e2e = TRUTH.service_s(256, 48)
+    assert calibration.predict_e2e_s(256, 48) == pytest.approx(truth_e2e, rel=0.1)
+
+
+def test_json_round_trip_and_plot(calibration, tmp_path):
+    path = calibration.save(tmp_path / "perf_models" / "emu.json")
+    loaded = load_perf_model_file(path)
+    for k, v in calibration.model.coefficients().items():
+        assert getattr(loaded, k) == pytest.approx(v, rel=1e-12)
+    doc = json.loads(path.read_text())
+    for key in ("model", "hardware", "target", "date", "r2", "n", "request_overhead_s", "sweep"):
+        assert key in doc
+    assert doc["model"] == "emu/model" and doc["hardware"] == "emulator" and doc["n"] == calibration.n
+    png = tmp_path / "res.png"
+    calibration.plot_residuals(png)
+    assert png.stat().st_size > 5000
+    md = calibration.to_markdown()
+    assert "c_decode_s" in md and "R²" in md
+
+
+def test_fit_is_exact_on_noise_free_rows():
+    rows = []
+    for p in (16, 128, 512, 1024):
+        rows.append({"kind": "prefill", "prefill_tokens": p, "prefill_sq_tokens": p * p, "decode_seqs": 0,
+                     "context_tokens": 0.0, "observed_s": 0.002 + TRUTH.step_s(p, 0, 0, p * p)})
+    for b in (1, 3, 8):
+        for c in (100, 900, 3000):
+            rows.append({"kind": "decode", "prefill_tokens": 0, "prefill_sq_tokens": 0, "decode_seqs": b,
+                         "context_tokens": float(b * c), "observed_s": TRUTH.step_s(0, b, b * c)})
+    model, overhead, obs = fit_observations(pd.DataFrame(rows))
+    for k, v in TRUTH.coefficients().items():
+        assert getattr(model, k) == pytest.approx(v, rel=1e-6, abs=1e-12)
+    assert overhead == pytest.approx(0.002, rel=1e-6)
+    assert np.allclose(obs["rel_residual"], 0, atol=1e-9)
+
+
+def test_decode_windows_reads_steps_and_context():
+    # two requests decoding together, 5 ms steps; the second joins one step later; a chunk of 2 tokens
+    a = _Trace(100, 20, 0.0, times_s=[0.010 + 0.005 * i for i in range(20)], cum_tokens=list(range(1, 21)))
+    tb = [0.015 + 0.005 * i for i in range(19)]
+    cb = list(range(1, 20))
+    del tb[5], cb[5]                                            # tokens 6 and 7 arrive in one chunk
+    b = _Trace(300, 20, 0.0, times_s=tb, cum_tokens=cb)
+    rows = decode_windows([a, b], windows=4)
+    assert len(rows) == 4
+    for r in rows:
+        assert r["step_s"] == pytest.approx(0.005)
+        assert r["decode_seqs"] == 2
+        assert 400 < r["context_tokens"] < 440
+    # a request that never overlaps the others: no decode rows
+    c = _Trace(10, 5, 0.0, times_s=[1.0, 1.1, 1.2], cum_tokens=[1, 2, 3])
+    assert decode_windows([a, c]) == []
+
+
+def test_cli_quick_sweep(emulated_url, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    out = tmp_path / "m.json"
+    args = parser.parse_args(["calibrate", "--target", emulated_url + "/v1", "--model", "emu/model",
+                              "--out", str(out), "--quick", "--prompt-lengths", "32,512",
+                              "--concurrencies", "1,4", "--output-lengths", "24", "--repeats", "1",
+                              "--plot", str(tmp_path / "p.png"), "--quiet"])
+    assert args.func(args) == 0
+    assert load_perf_model_file(out).c0_s > 0
+    assert (tmp_path / "p.png").exists()
+    assert "saved" in capsys.readouterr().out
+
+
+def test_wrong_model_is_named(emulated_url):
+    from publicai_lab.live.calibrate import CalibrationError
+    with pytest.raises(CalibrationError, match="emu/model"):
+        calibrate(emulated_url, "nope", repeats=1)
