@@ -96,9 +96,8 @@ def _add_lazy_commands(sub: argparse._SubParsersAction, wanted: str | None) -> N
         try:
             importlib.import_module(module).add_cli(sub)
         except ImportError as exc:
-            extra = "live" if ".live." in module else "dask"
             raise PublicAILabError(
-                f"`publicai-lab {name}` needs the {extra} extra: pip install 'publicai-lab[{extra}]' "
+                f"`publicai-lab {name}` needs optional packages: pip install 'publicai-lab[live]' "
                 f"(missing module {exc.name!r})") from None
 
 
