@@ -78,6 +78,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 #: stays light and the CLI starts fast.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("publicai_lab.analysis.plan", "fewest replicas per cluster that hold the SLO at a load"),
+    "import-litellm": ("publicai_lab.importers", "turn a LiteLLM proxy config into a scenario skeleton"),
     "tiny-model": ("publicai_lab.live.tiny_model", "build the small random-weight Llama used offline"),
     "backend": ("publicai_lab.live.backends", "launch a real vLLM OpenAI-compatible server"),
     "gateway": ("publicai_lab.live.gateway", "run the OpenAI-compatible gateway with a routing policy"),
