@@ -41,8 +41,13 @@ test: $(TSTAMP)
 test-fast: $(TSTAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not live" tests
 
-bench: $(STAMP)
+bench: $(TSTAMP)
 	$(BIN)/python benchmarks/sim_speed.py
+	$(BIN)/python benchmarks/gateway_overhead.py
+
+lab: $(TSTAMP)
+	$(BIN)/pip install -q jupyterlab
+	$(BIN)/jupyter lab notebooks
 
 clean:
 	rm -rf $(VENV) out
