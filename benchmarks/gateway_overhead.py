@@ -31,6 +31,24 @@ Gateways (``--gateways``, comma list):
 Targets (issue 3), with a real policy active: added p50 <= 1 ms and p99 <= 3 ms at concurrency 1;
 >= 2,000 requests/s and >= 800 streams/s on one core; CPU per request <= 0.5 ms.
 
+Last full run (2026-11-26, quiet machine: noise 0.0 cores in almost every phase; 2 vCPU AMD EPYC,
+Python 3.11, medians of 3 x 5 s; ``added`` = gateway minus direct, paired per repeat):
+
+=====================  ===========  ===============  ================  ===============  ===============
+figure                 direct       publicai (raw)   publicai-aiohttp  publicai-httpx   LiteLLM 1.110.2
+=====================  ===========  ===============  ================  ===============  ===============
+c1 added p50 / p99     0.11 / 0.23  +0.28 / +0.43    +0.38 / +0.50     +0.95 / +1.53    +14.0 / +20.8
+s1 added TTFC p50/p99  0.11 / 0.31  +0.31 / +0.41    +0.40 / +0.47     +0.79 / +1.45    +13.1 / +22.8
+c32 / c128 req/s       17.8k/15.4k  10.3k / 9.0k     5.5k / 5.3k       468 / 415        96 / 102
+s32 / s128 streams/s   3.9k / 3.8k  4.9k / 5.0k      3.8k / 3.9k       397 / 207        34 / 27
+CPU ms/req c32/c1/s32               0.10/0.23/0.18   0.18/0.34/0.25    2.1/0.99/2.5     10.0/14.2/26.4
+gateway cores at c32                0.98             0.99              1.00             1.00
+=====================  ===========  ===============  ================  ===============  ===============
+
+(ms unless stated. Streams through a gateway beat "direct" because direct is one backend process
+and the gateway spreads them over three. httpx's pool costs 2-4 ms per request at concurrency >= 32,
+hence the raw client.)
+
 The driver is a closed-loop asyncio client (uvloop) on ``publicai_lab.live.upstream.RawUpstream``,
 cheap enough per request that at ~10,000 requests/s CPU 1 (driver + backends) still keeps up with
 a saturated gateway core (check ``gateway_cores`` in the JSON: ~1.0 means the gateway was the
