@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from publicai_lab.live._sync import run_sync
 from publicai_lab.errors import PublicAILabError
 from publicai_lab.perf.step_time import StepTimeModel
 
@@ -543,26 +544,7 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     ``api_key``, ``seed`` (prompt token draws), ``progress`` (True: a bar; a callable
     ``(done, total, label)``). Works against vLLM (CPU or GPU) and the emulator alike.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(calibrate_async(target, model, **kwargs))
-    import threading
-
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["r"] = asyncio.run(calibrate_async(target, model, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["e"] = exc
-
-    th = threading.Thread(target=work, name="calibrate")
-    th.start()
-    th.join()
-    if "e" in box:
-        raise box["e"]
-    return box["r"]
+    return run_sync(lambda: calibrate_async(target, model, **kwargs), name="calibrate")
 
 
 # ---------------------------------------------------------------------- CLI

@@ -82,6 +82,7 @@ import numpy as np
 
 from publicai_lab import policies
 from publicai_lab.errors import GatewayError, PolicyError, PublicAILabError
+from publicai_lab.failures import register_failure
 from publicai_lab.live.auth import DEFAULT_TIER_RPM, KeyStore, RateLimiter, load_api_keys
 from publicai_lab.live.prom import Counter, Gauge, Histogram, render
 from publicai_lab.live.upstream import (Origin, UpstreamConnectError, UpstreamDisconnected, UpstreamError,
@@ -108,7 +109,6 @@ DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_POLICY = "least_in_flight"
 #: output length assumed for routing estimates when the request sets no max_tokens
 DEFAULT_OUTPUT_TOKENS = 256
-FAIL_WINDOW_S = 60.0  # LiteLLM counts allowed_fails per minute
 EWMA_ALPHA = 0.2      # same as the simulator's Backend.observe_latency
 CHAT, COMPLETIONS = 0, 1
 _ENV_CONFIG = "PUBLICAI_GATEWAY_CONFIG"
@@ -213,15 +213,9 @@ class _Backend:
             self.donated))
 
     def record_failure(self, now_s: float, allowed_fails: int, cooldown_s: float) -> bool:
-        """LiteLLM's rule: more than ``allowed_fails`` failures within a minute → cooldown.
-        Returns whether this failure started a cooldown."""
-        fails = self.fails
-        fails.append(now_s)
-        while fails and fails[0] < now_s - FAIL_WINDOW_S:
-            fails.popleft()
-        if len(fails) > allowed_fails:
+        """LiteLLM's rule (``publicai_lab.failures``); returns whether a cooldown started."""
+        if register_failure(self.fails, now_s, allowed_fails):
             self.cooldown_until_s = now_s + cooldown_s
-            fails.clear()
             return True
         return False
 

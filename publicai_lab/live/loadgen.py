@@ -45,7 +45,6 @@ import asyncio
 import json
 import math
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
+from publicai_lab.live._sync import run_sync
 from publicai_lab.errors import PublicAILabError
 from publicai_lab.records import COLUMNS, frame_from_columns
 
@@ -655,26 +655,9 @@ def run_live(scenario: Any, target: str, **kwargs: Any) -> LiveResult:
     Ctrl-C (or cancelling the task of :func:`run_live_async`) ends the run early and returns what
     was gathered: finished requests as they ended, those in flight as ``incomplete``.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(run_live_async(scenario, target, **kwargs))
-    # called from inside a running loop (a notebook): run on a private loop in a thread
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["result"] = asyncio.run(run_live_async(scenario, target, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=work, name="loadgen")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    # from a notebook (a running loop) this runs on a private loop in a thread
+    return run_sync(lambda: run_live_async(scenario, target, **kwargs), name="loadgen",
+                    loop_factory=_loop_factory())
 
 
 # ---------------------------------------------------------------------- CLI

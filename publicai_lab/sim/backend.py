@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import simpy
 
+from publicai_lab.failures import register_failure
 from publicai_lab.perf import EngineParams
 from publicai_lab.sim.replica import Replica, Seq
 from publicai_lab.types import BackendSnapshot
@@ -21,7 +22,6 @@ from publicai_lab.types import BackendSnapshot
 __all__ = ["Backend"]
 
 EWMA_ALPHA = 0.2
-FAIL_WINDOW_S = 60.0   # LiteLLM counts allowed_fails per minute
 
 
 class Backend:
@@ -82,13 +82,8 @@ class Backend:
         return self._health_up
 
     def record_failure(self, now: float, allowed_fails: int, cooldown_s: float) -> None:
-        fails = self._fails
-        fails.append(now)
-        while fails and fails[0] < now - FAIL_WINDOW_S:
-            fails.popleft()
-        if len(fails) > allowed_fails:
+        if register_failure(self._fails, now, allowed_fails):
             self.cooldown_until_s = now + cooldown_s
-            fails.clear()
             self._snaps.clear()
 
     def observe_latency(self, e2e_s: float) -> None:
