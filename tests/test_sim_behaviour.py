@@ -3,7 +3,6 @@ rate limits, channels, model fallbacks, timeouts, staleness, and user-defined po
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd

@@ -24,7 +24,7 @@ import numpy as np
 import simpy
 
 from publicai_lab.policies import BasePolicy, decide, eligible
-from publicai_lab.records import RequestRecord
+from publicai_lab.records import RequestRecord, tpot_of
 from publicai_lab.sim.backend import Backend
 from publicai_lab.sim.events import at
 from publicai_lab.sim.replica import Seq
@@ -108,7 +108,7 @@ class GatewayModel:
         spec = req.spec
         b = req.backend
         out = spec.output_tokens
-        tpot = (e2e_s - ttft_s) / (out - 1) if out > 1 and status == "ok" else math.nan
+        tpot = tpot_of(ttft_s, e2e_s, out)
         row = (self.run_id, "sim", spec.request_id, spec.arrival_s, spec.client_region, spec.tier,
                req.model, spec.prompt_tokens, out, self.policy_name,
                b.backend_id if b is not None else None, b.partner if b is not None else None,

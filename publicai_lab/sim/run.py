@@ -9,7 +9,6 @@ workload, so policies can be compared request for request.
 from __future__ import annotations
 
 import gc
-import math
 import sys
 import time
 from dataclasses import dataclass, field
