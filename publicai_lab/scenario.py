@@ -257,6 +257,9 @@ class PerfCoefficients(_Model):
     c_prefill_sq_s: float = Field(0.0, ge=0, description="Per squared prefill token (attention), s.")
     c_decode_s: float = Field(0.0, ge=0, description="Per decoding sequence in the batch, s.")
     c_ctx_s: float = Field(0.0, ge=0, description="Per context token attended by decoding sequences, s.")
+    request_overhead_s: float = Field(0.0, ge=0, description="Latency the server frontend adds to each request "
+                                      "before the engine sees it (HTTP, chat template, tokenisation), s; "
+                                      "not engine time.")
 
 
 def _perf_model_file(name: str) -> str:

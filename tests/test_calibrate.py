@@ -88,8 +88,10 @@ def test_fit_is_exact_on_noise_free_rows():
                          "context_tokens": float(b * c), "observed_s": TRUTH.step_s(0, b, b * c)})
     model, overhead, obs = fit_observations(pd.DataFrame(rows))
     for k, v in TRUTH.coefficients().items():
-        assert getattr(model, k) == pytest.approx(v, rel=1e-6, abs=1e-12)
+        if k != "request_overhead_s":
+            assert getattr(model, k) == pytest.approx(v, rel=1e-6, abs=1e-12)
     assert overhead == pytest.approx(0.002, rel=1e-6)
+    assert model.request_overhead_s == overhead          # carried into the saved perf model
     assert np.allclose(obs["rel_residual"], 0, atol=1e-9)
 
 
@@ -129,3 +131,24 @@ def test_wrong_model_is_named(emulated_url):
     from publicai_lab.live.calibrate import CalibrationError
     with pytest.raises(CalibrationError, match="emu/model"):
         calibrate(emulated_url, "nope", repeats=1)
+
+
+def test_perf_model_file_round_trips_the_request_overhead(tmp_path):
+    from publicai_lab.perf import load_perf_model
+
+    m = StepTimeModel(c0_s=0.003, c_decode_s=1e-4, request_overhead_s=0.012)
+    m.to_json(tmp_path / "m.json", model="tiny")
+    back = load_perf_model(tmp_path / "m.json")
+    assert back.request_overhead_s == 0.012 and back.c0_s == 0.003
+    # not step time: a step's duration does not include it
+    assert back.step_s(0, 1, 0) == pytest.approx(0.003 + 1e-4)
+
+
+def test_committed_cpu_fit_loads_and_is_plausible():
+    """data/perf_models/tiny-llama_cpu_tp1.json: the FULL sweep on one pinned core (docs/fidelity.md)."""
+    from publicai_lab.perf import load_perf_model
+
+    m = load_perf_model("tiny-llama_cpu_tp1")
+    assert 0.001 < m.c0_s < 0.010            # a few ms per step: Python + the tiny model on one core
+    assert 0 < m.c_prefill_s < 1e-4
+    assert 0 < m.request_overhead_s < 0.05

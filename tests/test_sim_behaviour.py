@@ -4,6 +4,8 @@ rate limits, channels, model fallbacks, timeouts, staleness, and user-defined po
 from __future__ import annotations
 
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -253,3 +255,17 @@ def test_azure_conversation_trace_replays_through_the_simulator():
     from publicai_lab.workload import read_azure_trace
     trace = read_azure_trace(path)
     assert np.allclose(df["arrival_s"].to_numpy(), trace["arrival_s"].to_numpy())
+
+
+def test_request_overhead_delays_every_request_on_the_way_in_only():
+    """The frontend's per-request latency (perf model ``request_overhead_s``) is a delay before the
+    engine sees the request: at a load where requests never overlap it adds exactly itself to
+    TTFT and E2E, and it does not occupy the engine (TPOT unchanged)."""
+    base = single_cluster(requests=200, rate_per_s=0.5, max_num_seqs=4)
+    a = run(base).requests
+    slow = copy.deepcopy(base)
+    slow["partners"][0]["clusters"][0]["perf_model"]["request_overhead_s"] = 0.015
+    b = run(slow).requests
+    assert np.allclose(b["ttft_s"] - a["ttft_s"], 0.015, atol=1e-9)
+    assert np.allclose(b["e2e_s"] - a["e2e_s"], 0.015, atol=1e-9)
+    assert np.allclose(b["tpot_s"], a["tpot_s"], atol=1e-12)

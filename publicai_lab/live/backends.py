@@ -82,6 +82,15 @@ def _cpu_list(cpus: str | int | Iterable[int] | None) -> str | None:
     return ",".join(str(int(c)) for c in cpus)
 
 
+def _expand_cpu_list(text: str) -> set[int]:
+    """``"0,2-3"`` -> {0, 2, 3}."""
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def _signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to process group ``pgid``; False if the group no longer exists."""
     try:
@@ -128,6 +137,11 @@ class VLLMServer:
     the defaults (:data:`DEFAULT_ENV`, plus :data:`OFFLINE_ENV` for a local model). ``cpus`` pins
     the whole server with ``taskset -c`` and binds vLLM's OpenMP threads to the same CPUs
     (``VLLM_CPU_OMP_THREADS_BIND``) — the set-up that makes CPU timings repeat.
+    ``api_cpus`` then moves the API-server process (HTTP, chat template, tokenisation,
+    detokenisation, streaming) onto other CPUs once the server is ready, leaving the engine core
+    and its worker alone on ``cpus``: on a two-core machine ``cpus="1", api_cpus="0"`` keeps the
+    engine's step times clean (the API server takes about a quarter of a core under load, and
+    time-sharing one core with it made step times swing by 50 % run to run).
     ``served_model_name`` is the name clients use (default: ``model`` as given), or several names
     (the first is the one ``/v1/models`` lists; requests may use any).
     ``log_path=None`` logs to a new temporary file, kept after stop for post-mortems.
@@ -138,6 +152,7 @@ class VLLMServer:
                  log_path: str | os.PathLike[str] | None = None,
                  env: Mapping[str, str] | None = None,
                  cpus: str | int | Iterable[int] | None = None,
+                 api_cpus: str | int | Iterable[int] | None = None,
                  startup_timeout_s: float = 300.0,
                  served_model_name: str | Sequence[str] | None = None,
                  python: str | os.PathLike[str] | None = None) -> None:
@@ -148,6 +163,9 @@ class VLLMServer:
         self.log_path: Path | None = Path(log_path) if log_path is not None else None
         self.env = dict(env or {})
         self.cpus = _cpu_list(cpus)
+        self.api_cpus = _cpu_list(api_cpus)
+        if self.api_cpus is not None and self.cpus is None:
+            raise GatewayError("api_cpus needs cpus: the engine must be pinned for the API server to move off it")
         self.startup_timeout_s = float(startup_timeout_s)
         names = [served_model_name] if isinstance(served_model_name, str) else served_model_name
         self.served_model_names: tuple[str, ...] = tuple(names or ())
@@ -255,6 +273,7 @@ class VLLMServer:
                 with urllib.request.urlopen(url, timeout=2.0) as resp:
                     if resp.status == 200:
                         self.startup_s = time.monotonic() - self._started_at
+                        self.move_api_server()
                         return self
             except (urllib.error.URLError, OSError, ValueError):
                 pass
@@ -265,6 +284,25 @@ class VLLMServer:
                                    f"{time.monotonic() - self._started_at:.0f} s; log "
                                    f"{self.log_path}:\n{tail}")
             time.sleep(poll_s)
+
+    def move_api_server(self, cpus: str | int | Iterable[int] | None = None) -> None:
+        """Re-pin every thread of the API-server process to ``cpus`` (default ``api_cpus``; given,
+        it becomes ``api_cpus`` for restarts too). Its engine-core and worker children keep theirs;
+        threads it starts later inherit the new mask. Called by :meth:`wait_ready`."""
+        if cpus is not None:
+            self.api_cpus = _cpu_list(cpus)
+        if self.api_cpus is None or self._proc is None:
+            return
+        cpus = _expand_cpu_list(self.api_cpus)
+        try:
+            for tid in os.listdir(f"/proc/{self._proc.pid}/task"):
+                try:
+                    os.sched_setaffinity(int(tid), cpus)
+                except (ProcessLookupError, FileNotFoundError):
+                    continue      # a thread that just ended
+        except (OSError, AttributeError) as exc:
+            raise GatewayError(f"cannot move the API server (pid {self._proc.pid}) to CPUs {self.api_cpus}: "
+                               f"{exc}") from exc
 
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM the whole process group, wait up to ``grace_s``, then SIGKILL what is left.
@@ -379,7 +417,7 @@ def _cmd_backend(args: argparse.Namespace) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     server = VLLMServer(args.model, port=args.port, host=args.host, extra_args=extra,
-                        log_path=args.log, cpus=args.cpus, served_model_name=args.served_model_name,
+                        log_path=args.log, cpus=args.cpus, api_cpus=args.api_cpus, served_model_name=args.served_model_name,
                         startup_timeout_s=args.startup_timeout_s, python=args.python)
 
     def _terminate(signum: int, frame: object) -> None:
@@ -426,6 +464,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log", help="log file (default: a new file in the temp directory)")
     p.add_argument("--cpus", help="pin the server to these CPUs, e.g. 1 or 0-1 (taskset + "
                                   "VLLM_CPU_OMP_THREADS_BIND)")
+    p.add_argument("--api-cpus", dest="api_cpus",
+                   help="once ready, move the API-server process to these CPUs, leaving the engine alone on "
+                        "--cpus (e.g. --cpus 1 --api-cpus 0: the set-up that makes CPU timings repeat)")
     p.add_argument("--served-model-name", dest="served_model_name", nargs="+", metavar="NAME",
                    help="model name(s) clients use (default: --model as given)")
     p.add_argument("--python", help="Python interpreter that has vLLM installed "

@@ -42,7 +42,7 @@ import itertools
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -160,8 +160,9 @@ class Calibration:
         c = self.model.coefficients()
         lines = [f"## Calibration of `{self.meta.get('model', '?')}` at {self.meta.get('target', '?')}", "",
                  "| coefficient | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.4g} |" for k, v in c.items()]
-        lines += [f"| request_overhead_s (not in the step model) | {self.request_overhead_s:.4g} |", "",
+        lines += [f"| {k}{' (frontend latency, not step time)' if k == 'request_overhead_s' else ''} | {v:.4g} |"
+                  for k, v in c.items()]
+        lines += ["",
                   f"R² {self.r2:.4f} overall, " + ", ".join(f"{k} {v:.4f}" for k, v in self.r2_by_kind.items())
                   + f"; n = {self.n}; median |relative residual| "
                   f"{float(self.observations['rel_residual'].abs().median()) * 100 if self.n else math.nan:.1f} %."]
@@ -218,8 +219,8 @@ def fit_observations(obs: pd.DataFrame, *, prefill_sq: bool = False,
     beta_scaled, _ = nnls(Xw / scale, y * w)
     beta = dict(zip(names, beta_scaled / scale))
     coeffs = {k: float(beta.get(k, 0.0)) for k in COEFFS}
-    model = StepTimeModel(**coeffs, source=source)
     overhead = float(beta.get("overhead_s", 0.0))
+    model = StepTimeModel(**coeffs, request_overhead_s=overhead, source=source)
     yhat = X @ (beta_scaled / scale)
     out = obs.copy()
     out["predicted_s"] = yhat
@@ -375,6 +376,29 @@ class _Client:
             pass
         return list(_FALLBACK_IDS)
 
+    async def chat_ttft(self, text: str) -> tuple[float, int | None]:
+        """A lone streamed chat request (``max_tokens`` 2): client TTFT and the served prompt tokens.
+        The chat path (template, text tokenisation) is what the load generator and gateways use."""
+        payload = {"model": self.model, "messages": [{"role": "user", "content": text}], "max_tokens": 2,
+                   "stream": True, "ignore_eos": True, "temperature": 0.0,
+                   "stream_options": {"include_usage": True}}
+        t0 = time.perf_counter()
+        first, prompt_tokens = math.nan, None
+        async with self.session.post(self.root + "/v1/chat/completions", json=payload, headers=self.headers) as resp:
+            if resp.status != 200:
+                body = (await resp.text())[:300]
+                raise CalibrationError(f"{self.root}/v1/chat/completions answered HTTP {resp.status}: {body}")
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                    continue
+                obj = json.loads(line[5:])
+                if first != first and any((ch.get("delta") or {}).get("content") for ch in obj.get("choices") or ()):
+                    first = time.perf_counter() - t0
+                if obj.get("usage"):
+                    prompt_tokens = obj["usage"].get("prompt_tokens")
+        return first, prompt_tokens
+
     async def stream(self, prompt_ids: list[int], max_tokens: int, t0: float) -> _Trace:
         payload = {"model": self.model, "prompt": prompt_ids, "max_tokens": int(max_tokens), "stream": True,
                    "ignore_eos": True, "temperature": 0.0, "return_token_ids": True,
@@ -413,11 +437,14 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           concurrencies: Sequence[int] = QUICK["concurrencies"],
                           output_lengths: Sequence[int] = QUICK["output_lengths"], repeats: int = QUICK["repeats"],
                           warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "client",
+                          overhead_endpoint: str = "chat", overhead_probes: int = 8,
                           hardware: str | None = None, api_key: str | None = None, seed: int = 0,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
     import aiohttp
 
+    if overhead_endpoint not in ("chat", "completions"):
+        raise CalibrationError(f"overhead_endpoint: got {overhead_endpoint!r}; allowed: chat, completions")
     if timing not in ("client", "server"):
         raise CalibrationError(f"timing: got {timing!r}; allowed: client, server")
     if min(output_lengths) < _WINDOWS + 2:
@@ -508,13 +535,21 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                               if any(math.isfinite(m["server_ttft_s"]) for m in server) else math.nan,
                               "server_itl_s": float(np.nanmean([m["server_itl_s"] for m in server]))
                               if any(math.isfinite(m["server_itl_s"]) for m in server) else math.nan})
+        if bar is not None:
+            bar.close()
+        obs = pd.DataFrame(obs_rows)
+        if obs.empty or not (obs["kind"] == "prefill").any() or not (obs["kind"] == "decode").any():
+            raise CalibrationError(f"the sweep produced no usable observations (skipped cells: {skipped})")
+        fitted, overhead_fit, obs = fit_observations(obs, prefill_sq=prefill_sq, source=f"calibrate:{root}")
+        overhead, overhead_note = overhead_fit, "fitted beside the prefill rows (completions, token ids)"
+        if overhead_endpoint == "chat" and overhead_probes > 0:
+            measured = await _chat_overhead_s(client, fitted, int(np.median(prompt_lengths)), overhead_probes, seed)
+            if isinstance(measured, str):
+                overhead_note = f"chat probes failed ({measured}); kept the fitted value"
+            else:
+                overhead, overhead_note = measured, f"median of {overhead_probes} lone chat requests"
+        fitted = replace(fitted, request_overhead_s=overhead)
         wall_s = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
-    obs = pd.DataFrame(obs_rows)
-    if obs.empty or not (obs["kind"] == "prefill").any() or not (obs["kind"] == "decode").any():
-        raise CalibrationError(f"the sweep produced no usable observations (skipped cells: {skipped})")
-    fitted, overhead, obs = fit_observations(obs, prefill_sq=prefill_sq, source=f"calibrate:{root}")
     y, yhat = obs["observed_s"].to_numpy(), obs["predicted_s"].to_numpy()
     r2_kind = {k: _r2(y[(obs["kind"] == k).to_numpy()], yhat[(obs["kind"] == k).to_numpy()])
                for k in ("prefill", "decode")}
@@ -528,9 +563,30 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             "sweep": {"prompt_lengths": list(map(int, prompt_lengths)), "concurrencies": list(map(int, concurrencies)),
                       "output_lengths": list(map(int, output_lengths)), "repeats": int(repeats)},
             "skipped_cells": skipped, "kv_capacity_tokens": kv_tokens, "wall_s": round(wall_s, 2),
+            "request_overhead": overhead_note, "request_overhead_completions_s": _round(overhead_fit),
             "client_minus_server_ttft_s": _round(api_overhead)}
     return Calibration(model=fitted, request_overhead_s=overhead, r2=_r2(y, yhat), r2_by_kind=r2_kind,
                        observations=obs, cells=cells_df, meta=meta)
+
+
+async def _chat_overhead_s(client: _Client, model: StepTimeModel, prompt_tokens: int, probes: int,
+                           seed: int) -> float | str:
+    """The frontend's per-request latency on the chat path: median over lone chat requests of
+    client TTFT minus the fitted prefill step of the served prompt. A string says why it failed."""
+    from publicai_lab.live.loadgen import PromptBuilder
+
+    builder = PromptBuilder(np.random.default_rng(np.random.SeedSequence([seed, 0xC4A7])))
+    gaps = []
+    try:
+        for _ in range(probes):
+            ttft, served = await client.chat_ttft(builder.text(prompt_tokens))
+            if served and math.isfinite(ttft):
+                gaps.append(ttft - model.step_s(int(served), 0, 0, float(served) ** 2))
+    except (CalibrationError, OSError, ValueError) as exc:
+        return str(exc)[:200]
+    if not gaps:
+        return "no usable chat answers"
+    return max(0.0, float(np.median(gaps)))
 
 
 def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
@@ -541,6 +597,9 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     ``prefill_probes`` (extra one-token lone requests per lone group; the prefill row is the median),
     ``prefill_sq`` (also fit c_prefill_sq_s), ``timing`` ("client" or "server": prefill rows from
     the client's TTFT or vLLM's TTFT histogram), ``hardware`` (label for the metadata),
+    ``overhead_endpoint`` ("chat", default: the frontend's per-request latency ``request_overhead_s``
+    is measured with ``overhead_probes`` lone chat requests — the path the load generator and
+    gateways use; "completions": the value fitted beside the token-id prefill rows),
     ``api_key``, ``seed`` (prompt token draws), ``progress`` (True: a bar; a callable
     ``(done, total, label)``). Works against vLLM (CPU or GPU) and the emulator alike.
     """

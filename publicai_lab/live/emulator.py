@@ -535,6 +535,9 @@ class EmulatedBackend:
         fmt = _Format(chat, model, next(self._ids), self._created)
         self.in_flight += 1
         try:
+            overhead_s = 0.0 if self.zero_latency else self.params.perf.request_overhead_s
+            if overhead_s > 0:      # the frontend's latency before the engine sees the request (as in the sim)
+                await asyncio.sleep(overhead_s)
             if self.zero_latency:
                 await self._answer_now(send, fmt, prompt_tokens, out_tokens, stream, include_usage)
             elif stream:

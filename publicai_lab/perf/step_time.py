@@ -6,6 +6,11 @@ where P is the number of prefill tokens scheduled in the step, D the number of d
 and C the context tokens those sequences attend over. This is the form vidur and DistServe fit;
 the coefficients live per (model, hardware, tensor-parallel degree) in ``data/perf_models/*.json``
 and are produced by ``publicai-lab calibrate`` or taken from published fits.
+
+``request_overhead_s`` is not step time: it is the latency the server's frontend adds to every
+request before the engine sees it (HTTP, chat template, tokenisation, queueing into the engine).
+The simulator adds it to the request's way in; it does not occupy the engine (vLLM's API server
+is a separate process, on its own cores in a calibrated set-up). Published GPU fits leave it 0.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class StepTimeModel:
     c_prefill_sq_s: float = 0.0
     c_decode_s: float = 0.0
     c_ctx_s: float = 0.0
+    request_overhead_s: float = 0.0
     source: str = "inline"
 
     def step_s(self, prefill_tokens: int = 0, decode_seqs: int = 0, context_tokens: int = 0,
@@ -60,7 +66,7 @@ def load_perf_model_file(path: str | Path) -> StepTimeModel:
     try:
         doc = json.loads(path.read_text())
         coeffs = doc["coefficients"]
-        allowed = {"c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s"}
+        allowed = {"c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s", "request_overhead_s"}
         unknown = set(coeffs) - allowed
         if unknown:
             raise ScenarioError.at(str(path), f"coefficients.{sorted(unknown)[0]}", coeffs[sorted(unknown)[0]],

@@ -210,7 +210,8 @@ class GatewayModel:
         if spec.channel == "huggingface":
             transit += self.hf_half_rtt_s
         req.transit_s = transit
-        at(self.env, transit, self._on_reach_backend, req)
+        # the server frontend's per-request latency (HTTP, chat template, tokenisation) is on the way in only
+        at(self.env, transit + backend.request_overhead_s, self._on_reach_backend, req)
 
     def _on_reach_backend(self, ev: simpy.Event) -> None:
         req: SimRequest = ev._value

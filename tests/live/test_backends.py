@@ -168,6 +168,27 @@ def test_bad_cpu_list() -> None:
         VLLMServer("m", cpus="all")
 
 
+def test_api_cpus_needs_cpus() -> None:
+    with pytest.raises(GatewayError, match="api_cpus needs cpus"):
+        VLLMServer("m", api_cpus="0")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_api_server_moves_off_the_engine_core_once_ready(fake_vllm: tuple[Path, Path], tmp_path: Path) -> None:
+    """``cpus`` for the whole tree at launch (the engine inherits it), ``api_cpus`` for the API
+    process once ready: every one of its threads, and again after a restart."""
+    exe, record = fake_vllm
+    engine_cpu, api_cpu = sorted(os.sched_getaffinity(0))[:2]
+    server = VLLMServer(tmp_path, python=exe, cpus=engine_cpu, api_cpus=api_cpu, log_path=tmp_path / "srv.log")
+    with server:
+        assert _records(record)[-1]["affinity"] == [engine_cpu]          # launched on the engine's CPU
+        tids = os.listdir(f"/proc/{server.pid}/task")
+        assert tids and all(os.sched_getaffinity(int(t)) == {api_cpu} for t in tids)
+        assert server.environment()["VLLM_CPU_OMP_THREADS_BIND"] == str(engine_cpu)
+        server.restart()
+        assert os.sched_getaffinity(server.pid) == {api_cpu}
+
+
 def test_free_port_is_bindable() -> None:
     import socket
 

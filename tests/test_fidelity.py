@@ -1,0 +1,59 @@
+"""The fidelity table's machinery (``publicai_lab.live.fidelity``), on an emulated server.
+
+The real-vLLM fidelity check is ``tests/live/test_sim_vs_live.py`` and ``benchmarks/fidelity.py``;
+here the emulator (the simulator's replica in real time) stands in, so the simulated twin must
+match it: that proves the plumbing (same requests, same backend id, the spread and judging rules),
+not the model.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from publicai_lab import load_scenario
+from publicai_lab.live.emulator import EmulatedBackend
+from publicai_lab.live.fidelity import FidelityResult, fidelity_table, one_server_scenario
+from publicai_lab.perf import StepTimeModel
+from conftest import SCENARIOS_DIR
+
+
+def test_one_server_scenario_keeps_the_first_cluster_with_the_given_perf_model():
+    sc = load_scenario(SCENARIOS_DIR / "publicai-2025.yaml")
+    perf = StepTimeModel(c0_s=0.004, c_decode_s=1e-4, request_overhead_s=0.01)
+    one = one_server_scenario(sc, perf)
+    (partner, cluster), = one.clusters()
+    assert (partner.name, cluster.name) == (sc.clusters()[0][0].name, sc.clusters()[0][1].name)
+    assert cluster.replicas == 1
+    assert cluster.perf_model.c0_s == 0.004 and cluster.perf_model.request_overhead_s == 0.01
+    assert set(one.workload.models) == {one.resolve_model(cluster.model)}
+    assert one_server_scenario(sc, "tiny-llama_cpu_tp1").clusters()[0][1].perf_model.c0_s > 0
+
+
+def _result(rows: list[tuple[float, float, bool]]) -> FidelityResult:
+    table = pd.DataFrame([{"level": 0.5, "rate_rps": 10.0, "metric": "e2e_p50_s", "sim": 1.0, "live": 1.0,
+                           "rel_error": err, "live_spread": spread, "tolerance": 0.10,
+                           "judged": spread <= 0.10, "ok": abs(err) <= 0.10} for err, spread, _ in rows])
+    return FidelityResult(table, saturation_rps=20.0)
+
+
+def test_only_rows_whose_live_repeats_agree_are_judged():
+    assert _result([(0.05, 0.04, True), (0.5, 0.30, False)]).passed          # the 50 % error is in noise
+    assert not _result([(0.05, 0.04, True), (0.15, 0.08, False)]).passed     # a judged row out of tolerance
+    assert not _result([(0.5, 0.30, False)]).passed                          # nothing judged: no verdict
+    md = _result([(0.05, 0.04, True), (0.5, 0.30, False)]).to_markdown()
+    assert "pass" in md and "not judged" in md
+
+
+def test_fidelity_table_against_an_emulated_server_matches_its_simulated_twin():
+    sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"),
+                             StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=2e-4, request_overhead_s=0.005))
+    backend_id = sc.backend_id(*sc.clusters()[0])
+    with EmulatedBackend.from_scenario(sc, backend_id).serve() as url:
+        result = fidelity_table(sc, url, levels=(0.5,), saturation_rps=60.0, requests=120, repeats=2,
+                                warmup_requests=20)
+    t = result.table.set_index("metric")
+    assert list(t.index) == ["e2e_p50_s", "e2e_p90_s", "ttft_p50_s"]
+    assert t.loc["e2e_p50_s", "rate_rps"] == pytest.approx(30.0)
+    assert abs(t.loc["e2e_p50_s", "rel_error"]) < 0.10, result.to_markdown()
+    assert abs(t.loc["ttft_p50_s", "rel_error"]) < 0.25, result.to_markdown()
