@@ -46,6 +46,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=40.0, help="Poisson arrivals, req/s (default 40)")
     ap.add_argument("--requests", type=int, default=300, help="requests per run (default 300)")
     ap.add_argument("--repeats", type=int, default=3, help="repeats after the cold run (default 3)")
+    ap.add_argument("--vllm-args", default="", help="extra vLLM arguments, e.g. '--distributed-executor-backend uni'")
     ap.add_argument("--out", default=str(ROOT / "out" / "live_noise"), help="output folder (CSV, logs)")
     args = ap.parse_args()
 
@@ -69,7 +70,7 @@ def main() -> int:
         engine_cpus, api_cpus, client_cpus = SETUPS[name]
         os.sched_setaffinity(0, {int(client_cpus)} if client_cpus else all_cpus)
         server = VLLMServer(tiny, served_model_name=MODEL, cpus=engine_cpus, api_cpus=api_cpus,
-                            extra_args=VLLM_ARGS, log_path=out / f"vllm-{name}.log")
+                            extra_args=VLLM_ARGS + tuple(args.vllm_args.split()), log_path=out / f"vllm-{name}.log")
         try:
             server.start().wait_ready()
             gw = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=MODEL)])

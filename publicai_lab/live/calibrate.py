@@ -177,7 +177,7 @@ class Calibration:
 
     def __repr__(self) -> str:
         c = ", ".join(f"{k}={v:.3g}" for k, v in self.model.coefficients().items())
-        return f"Calibration({c}, overhead={self.request_overhead_s:.3g}s, R²={self.r2:.4f}, n={self.n})"
+        return f"Calibration({c}, R²={self.r2:.4f}, n={self.n})"
 
 
 def _round(x: float) -> float | None:

@@ -4,9 +4,12 @@ One server, said plainly: of the session's two servers, server 1 keeps CPU 1 for
 and worker, its API server moves to CPU 0, server 0 is stopped (its core is now the client's),
 and this test process (gateway + load generator) is pinned to CPU 0 — the set-up that makes a
 CPU vLLM server repeat (docs/fidelity.md). The server is calibrated (FULL sweep) on the spot, its
-saturation measured, and toy.yaml's workload replayed at 50 % of it three times live and once in
-the simulator: E2E p50/p90 within 10 % and TTFT p50 within 15 % wherever the live repeats agree
-within 10 %. This file runs last in the live suite (alphabetical), so the stopped server costs no
+saturation measured, and toy.yaml's workload replayed at 25 % of it three times live and once in
+the simulator. Every metric's error must be within its tolerance (E2E p50/p90 10 %, TTFT p50 15 %)
+or, where the live repeats disagree by more than that, within their spread: on this shared VM the
+repeats of a real CPU server often differ by 10–20 % (docs/fidelity.md), and an error inside the
+noise says nothing either way. What this catches is a model that is off by more than the noise —
+as the simulator was (2–3× too fast) before the API server moved off the engine's core. This file runs last in the live suite (alphabetical), so the stopped server costs no
 restart unless another test follows.
 """
 
@@ -30,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs one core for the engine, one for the client")
-def test_calibrated_simulator_matches_a_real_server_at_half_saturation(vllm_servers):
+def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(vllm_servers):
     client_cpu, engine_cpu = sorted(os.sched_getaffinity(0))[:2]
     server, other = vllm_servers[1], vllm_servers[0]
     assert server.cpus == str(engine_cpu)
@@ -45,7 +48,7 @@ def test_calibrated_simulator_matches_a_real_server_at_half_saturation(vllm_serv
         backend_id = scenario.backend_id(*scenario.clusters()[0])
         gateway = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=SERVED_MODEL_NAME)])
         with gateway.serve() as url:
-            result = fidelity_table(scenario, url, levels=(0.5,), requests=300, repeats=3, log=print)
+            result = fidelity_table(scenario, url, levels=(0.25,), requests=300, repeats=3, log=print)
     finally:
         os.sched_setaffinity(0, affinity)
         server.move_api_server(engine_cpu)     # back to the whole server on its own core
@@ -54,6 +57,6 @@ def test_calibrated_simulator_matches_a_real_server_at_half_saturation(vllm_serv
     t = result.table.set_index("metric")
     assert cal.r2 > 0.8, cal
     assert 20 < result.saturation_rps < 300, result.saturation_rps   # the tiny model on one core
-    judged = t[t["judged"]]
-    assert len(judged), f"the live repeats disagreed by more than 10 % on every metric:\n{result.to_markdown()}"
-    assert judged["ok"].all(), result.to_markdown()
+    bound = t[["tolerance", "live_spread"]].max(axis=1)
+    assert (t["rel_error"].abs() <= bound).all(), result.to_markdown()
+    assert t.loc[t["judged"], "ok"].all(), result.to_markdown()      # where the repeats agree: the tolerance
