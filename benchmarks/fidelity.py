@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--calibrate", action="store_true", help="run the FULL calibration sweep first and use it")
     ap.add_argument("--levels", default=",".join(str(x) for x in LEVELS), help="fractions of saturation")
     ap.add_argument("--saturation-rps", type=float, help="skip the saturation measurement, use this")
-    ap.add_argument("--requests", type=int, default=300, help="requests per run (default 300)")
+    ap.add_argument("--requests", type=int, default=400, help="requests per run (default 400)")
     ap.add_argument("--repeats", type=int, default=3, help="live repeats per level (default 3)")
     ap.add_argument("--engine-cpu", default="1", help="CPU for the engine core and worker (default 1)")
     ap.add_argument("--client-cpu", default="0", help="CPU for API server, gateway, load generator (default 0)")

@@ -260,6 +260,8 @@ class PerfCoefficients(_Model):
     request_overhead_s: float = Field(0.0, ge=0, description="Latency the server frontend adds to each request "
                                       "before the engine sees it (HTTP, chat template, tokenisation), s; "
                                       "not engine time.")
+    frontend_busy_s: float = Field(0.0, ge=0, description="Part of request_overhead_s during which the "
+                                   "frontend can take no other request (requests queue for it), s.")
 
 
 def _perf_model_file(name: str) -> str:

@@ -258,10 +258,11 @@ def test_azure_conversation_trace_replays_through_the_simulator():
 
 
 def test_request_overhead_delays_every_request_on_the_way_in_only():
-    """The frontend's per-request latency (perf model ``request_overhead_s``) is a delay before the
-    engine sees the request: at a load where requests never overlap it adds exactly itself to
-    TTFT and E2E, and it does not occupy the engine (TPOT unchanged)."""
+    """The frontend's per-request time (perf model ``request_overhead_s``) comes before the engine
+    sees the request: with arrivals far apart (regular, 2 s; service 1 s) it adds exactly itself
+    to TTFT and E2E, and it does not occupy the engine (TPOT unchanged)."""
     base = single_cluster(requests=200, rate_per_s=0.5, max_num_seqs=4)
+    base["workload"]["arrivals"] = {"kind": "gamma", "rate_per_s": 0.5, "cv": 0.05}
     a = run(base).requests
     slow = copy.deepcopy(base)
     slow["partners"][0]["clusters"][0]["perf_model"]["request_overhead_s"] = 0.015
@@ -269,3 +270,25 @@ def test_request_overhead_delays_every_request_on_the_way_in_only():
     assert np.allclose(b["ttft_s"] - a["ttft_s"], 0.015, atol=1e-9)
     assert np.allclose(b["e2e_s"] - a["e2e_s"], 0.015, atol=1e-9)
     assert np.allclose(b["tpot_s"], a["tpot_s"], atol=1e-12)
+
+
+def test_the_frontend_queues_requests_that_come_faster_than_it_serves_them():
+    """Requests arriving every 10 ms at a frontend that takes 15 ms each wait for it (FIFO):
+    the k-th request is through after (k + 1) * 15 ms, so its TTFT grows by 5 ms a request."""
+    from publicai_lab.sim.frontend import Frontend
+
+    fe = Frontend(servers=1, overhead_s=0.015, busy_s=0.015)
+    done = [now + fe.delay_s(now, now) for now in (0.0, 0.010, 0.020, 0.030)]
+    assert done == pytest.approx([0.015, 0.030, 0.045, 0.060])
+    two = Frontend(servers=2, overhead_s=0.015, busy_s=0.015)          # two replicas, two API servers
+    assert [t + two.delay_s(t, t) for t in (0.0, 0.0, 0.0)] == pytest.approx([0.015, 0.015, 0.030])
+    part = Frontend(servers=1, overhead_s=0.015, busy_s=0.005)          # busy 5 ms, then 10 ms that overlap
+    assert [t + part.delay_s(t, t) for t in (0.0, 0.0, 0.0)] == pytest.approx([0.015, 0.020, 0.025])
+    # 100 req/s Poisson into a frontend of 8 ms: M/D/1 at rho 0.8 waits 0.8 * 8 / (2 * 0.2) = 16 ms
+    d = single_cluster(requests=20_000, rate_per_s=100.0, max_num_seqs=256, output={"kind": "fixed", "value": 2},
+                       c0_s=0.001)
+    free = run(d).requests
+    d["partners"][0]["clusters"][0]["perf_model"].update(request_overhead_s=0.008, frontend_busy_s=0.008)
+    busy = run(d).requests
+    added_s = busy["ttft_s"].mean() - free["ttft_s"].mean()
+    assert added_s == pytest.approx(0.008 + 0.016, rel=0.10)

@@ -437,7 +437,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           concurrencies: Sequence[int] = QUICK["concurrencies"],
                           output_lengths: Sequence[int] = QUICK["output_lengths"], repeats: int = QUICK["repeats"],
                           warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "client",
-                          overhead_endpoint: str = "chat", overhead_probes: int = 8,
+                          overhead_endpoint: str = "chat", overhead_probes: int = 8, frontend_burst: int = 16,
                           hardware: str | None = None, api_key: str | None = None, seed: int = 0,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
@@ -548,7 +548,16 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                 overhead_note = f"chat probes failed ({measured}); kept the fitted value"
             else:
                 overhead, overhead_note = measured, f"median of {overhead_probes} lone chat requests"
-        fitted = replace(fitted, request_overhead_s=overhead)
+        busy, busy_note = 0.0, "not measured"
+        if overhead_endpoint == "chat" and frontend_burst > 1:
+            measured = await _chat_frontend_busy_s(client, fitted, int(np.median(prompt_lengths)), frontend_burst,
+                                                   seed)
+            if isinstance(measured, str):
+                busy_note = f"burst probes failed ({measured})"
+            else:
+                busy = min(measured, overhead)
+                busy_note = f"median TTFT slope of 3 bursts of {frontend_burst} chat requests"
+        fitted = replace(fitted, request_overhead_s=overhead, frontend_busy_s=busy)
         wall_s = time.perf_counter() - t0
     y, yhat = obs["observed_s"].to_numpy(), obs["predicted_s"].to_numpy()
     r2_kind = {k: _r2(y[(obs["kind"] == k).to_numpy()], yhat[(obs["kind"] == k).to_numpy()])
@@ -563,7 +572,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             "sweep": {"prompt_lengths": list(map(int, prompt_lengths)), "concurrencies": list(map(int, concurrencies)),
                       "output_lengths": list(map(int, output_lengths)), "repeats": int(repeats)},
             "skipped_cells": skipped, "kv_capacity_tokens": kv_tokens, "wall_s": round(wall_s, 2),
-            "request_overhead": overhead_note, "request_overhead_completions_s": _round(overhead_fit),
+            "request_overhead": overhead_note, "frontend_busy": busy_note, "request_overhead_completions_s": _round(overhead_fit),
             "client_minus_server_ttft_s": _round(api_overhead)}
     return Calibration(model=fitted, request_overhead_s=overhead, r2=_r2(y, yhat), r2_by_kind=r2_kind,
                        observations=obs, cells=cells_df, meta=meta)
@@ -589,6 +598,30 @@ async def _chat_overhead_s(client: _Client, model: StepTimeModel, prompt_tokens:
     return max(0.0, float(np.median(gaps)))
 
 
+async def _chat_frontend_busy_s(client: _Client, model: StepTimeModel, prompt_tokens: int, burst: int,
+                                seed: int, rounds: int = 3) -> float | str:
+    """The frontend's busy time per chat request: ``burst`` lone-sized chat requests sent at once
+    come out of a one-process frontend one after another, so their sorted TTFTs rise by its busy
+    time a request (minus the engine's own marginal prefill cost). Median slope over ``rounds``."""
+    from publicai_lab.live.loadgen import PromptBuilder
+
+    builder = PromptBuilder(np.random.default_rng(np.random.SeedSequence([seed, 0xB0257])))
+    slopes = []
+    try:
+        for _ in range(rounds):
+            answers = await asyncio.gather(*(client.chat_ttft(builder.text(prompt_tokens)) for _ in range(burst)))
+            ttfts = sorted(t for t, _ in answers if math.isfinite(t))
+            served = [s for _, s in answers if s]
+            if len(ttfts) >= 4 and served:
+                slope = float(np.polyfit(np.arange(len(ttfts)), ttfts, 1)[0])
+                slopes.append(slope - model.c_prefill_s * float(np.mean(served)))
+    except (CalibrationError, OSError, ValueError) as exc:
+        return str(exc)[:200]
+    if not slopes:
+        return "no usable chat answers"
+    return max(0.0, float(np.median(slopes)))
+
+
 def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     """Profile the server at ``target`` serving ``model`` and fit the step-time model.
 
@@ -600,6 +633,8 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     ``overhead_endpoint`` ("chat", default: the frontend's per-request latency ``request_overhead_s``
     is measured with ``overhead_probes`` lone chat requests — the path the load generator and
     gateways use; "completions": the value fitted beside the token-id prefill rows),
+    ``frontend_burst`` (chat requests sent at once, three times, to measure the frontend's busy
+    time per request ``frontend_busy_s`` — the part requests queue for; 0 or 1: not measured),
     ``api_key``, ``seed`` (prompt token draws), ``progress`` (True: a bar; a callable
     ``(done, total, label)``). Works against vLLM (CPU or GPU) and the emulator alike.
     """

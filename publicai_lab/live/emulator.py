@@ -44,6 +44,7 @@ import numpy as np
 from publicai_lab.errors import PublicAILabError
 from publicai_lab.live.emulator_engine import RealtimeEngine
 from publicai_lab.perf import EngineParams, StepTimeModel
+from publicai_lab.sim.frontend import Frontend
 
 __all__ = ["EmulatedBackend", "Faults", "serve_many", "estimate_tokens", "default_engine_params",
            "engine_from_scenario", "add_cli"]
@@ -188,6 +189,9 @@ class EmulatedBackend:
             engine = engine_from_scenario(*engine)[0]
         self.params = engine or default_engine_params()
         self.replicas = int(replicas)
+        perf = self.params.perf
+        self._frontend = Frontend(self.replicas, max(perf.request_overhead_s, perf.frontend_busy_s),
+                                  perf.frontend_busy_s)
         self.host = host
         self.port = int(port)
         self.faults = faults or Faults()
@@ -535,9 +539,10 @@ class EmulatedBackend:
         fmt = _Format(chat, model, next(self._ids), self._created)
         self.in_flight += 1
         try:
-            overhead_s = 0.0 if self.zero_latency else self.params.perf.request_overhead_s
-            if overhead_s > 0:      # the frontend's latency before the engine sees the request (as in the sim)
-                await asyncio.sleep(overhead_s)
+            if not self.zero_latency and self._frontend.busy_s + self._frontend.rest_s > 0:
+                # the frontend's queue before the engine sees the request, as in the simulator
+                now = asyncio.get_running_loop().time()
+                await asyncio.sleep(self._frontend.delay_s(now, now))
             if self.zero_latency:
                 await self._answer_now(send, fmt, prompt_tokens, out_tokens, stream, include_usage)
             elif stream:

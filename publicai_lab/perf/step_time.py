@@ -7,10 +7,13 @@ and C the context tokens those sequences attend over. This is the form vidur and
 the coefficients live per (model, hardware, tensor-parallel degree) in ``data/perf_models/*.json``
 and are produced by ``publicai-lab calibrate`` or taken from published fits.
 
-``request_overhead_s`` is not step time: it is the latency the server's frontend adds to every
-request before the engine sees it (HTTP, chat template, tokenisation, queueing into the engine).
-The simulator adds it to the request's way in; it does not occupy the engine (vLLM's API server
-is a separate process, on its own cores in a calibrated set-up). Published GPU fits leave it 0.
+``request_overhead_s`` is not step time: it is the time the server's frontend (vLLM's API server:
+HTTP, chat template, tokenisation) spends on every request before the engine sees it. The
+simulator queues requests for it on the way in (``sim/frontend.py``, one FIFO server per replica);
+it does not occupy the engine (the API server is a separate process, on its own cores in a
+calibrated set-up). ``frontend_busy_s`` (≤ ``request_overhead_s``) is the part of it during which
+that frontend can take no other request — its CPU time; requests queue for it, the rest is a
+plain delay. Published GPU fits leave both 0.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class StepTimeModel:
     c_decode_s: float = 0.0
     c_ctx_s: float = 0.0
     request_overhead_s: float = 0.0
+    frontend_busy_s: float = 0.0
     source: str = "inline"
 
     def step_s(self, prefill_tokens: int = 0, decode_seqs: int = 0, context_tokens: int = 0,
@@ -66,7 +70,8 @@ def load_perf_model_file(path: str | Path) -> StepTimeModel:
     try:
         doc = json.loads(path.read_text())
         coeffs = doc["coefficients"]
-        allowed = {"c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s", "request_overhead_s"}
+        allowed = {"c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s", "request_overhead_s",
+                   "frontend_busy_s"}
         unknown = set(coeffs) - allowed
         if unknown:
             raise ScenarioError.at(str(path), f"coefficients.{sorted(unknown)[0]}", coeffs[sorted(unknown)[0]],

@@ -16,6 +16,7 @@ import simpy
 
 from publicai_lab.failures import register_failure
 from publicai_lab.perf import EngineParams
+from publicai_lab.sim.frontend import Frontend
 from publicai_lab.sim.replica import Replica, Seq
 from publicai_lab.types import BackendSnapshot
 
@@ -42,6 +43,8 @@ class Backend:
         self.cost_per_mtok_usd = 0.0 if self.donated else cost_per_mtok_usd
         self.params = params
         self.request_overhead_s = params.perf.request_overhead_s
+        self.request_overhead_s = max(params.perf.request_overhead_s, params.perf.frontend_busy_s)
+        self.frontend = Frontend(cluster.replicas, self.request_overhead_s, params.perf.frontend_busy_s)
         self.replicas = [
             Replica(env, params, name=f"{backend_id}#{i}", on_finish=on_finish, on_reject=on_reject,
                     scrape_interval_s=scrape_interval_s, samples=samples, sample_key=(backend_id, i))

@@ -210,8 +210,11 @@ class GatewayModel:
         if spec.channel == "huggingface":
             transit += self.hf_half_rtt_s
         req.transit_s = transit
-        # the server frontend's per-request latency (HTTP, chat template, tokenisation) is on the way in only
-        at(self.env, transit + backend.request_overhead_s, self._on_reach_backend, req)
+        if backend.request_overhead_s > 0.0:
+            # the server's frontend (HTTP, chat template, tokenisation) queues requests on the way in
+            at(self.env, backend.frontend.delay_s(now, now + transit), self._on_reach_backend, req)
+        else:
+            at(self.env, transit, self._on_reach_backend, req)
 
     def _on_reach_backend(self, ev: simpy.Event) -> None:
         req: SimRequest = ev._value
