@@ -48,6 +48,8 @@ test-fast: $(TSTAMP)
 bench: $(TSTAMP)
 	$(BIN)/python benchmarks/sim_speed.py
 	$(BIN)/python benchmarks/gateway_overhead.py
+	$(BIN)/python benchmarks/policy_ranking.py
+	$(BIN)/python benchmarks/fidelity.py --calibrate
 
 lab: $(TSTAMP)
 	$(BIN)/pip install -q jupyterlab
