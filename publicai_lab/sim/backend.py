@@ -42,7 +42,6 @@ class Backend:
         self.donated = bool(cluster.donated)
         self.cost_per_mtok_usd = 0.0 if self.donated else cost_per_mtok_usd
         self.params = params
-        self.request_overhead_s = params.perf.request_overhead_s
         self.request_overhead_s = max(params.perf.request_overhead_s, params.perf.frontend_busy_s)
         self.frontend = Frontend(cluster.replicas, self.request_overhead_s, params.perf.frontend_busy_s)
         self.replicas = [

@@ -5,9 +5,10 @@ before its engine sees it: ``request_overhead_s`` from the perf model, measured 
 request. Part of that time the frontend — one Python process per vLLM server — is busy and can
 take no other request (``frontend_busy_s``, its CPU time); the rest (socket hops, waiting for the
 engine's next step) overlaps with other requests. So requests queue for the busy part, FIFO, one
-server per replica, and then wait out the rest. On one CPU core this frontend is what made the
-live TTFT grow from 17 to 64 ms between 25 and 90 % of the engine's saturation
-(docs/fidelity.md). With both times 0 (published GPU fits) it costs nothing and changes nothing.
+server per replica, and then wait out the rest. A frontend busy for most of its overhead
+saturates before its engine does (vLLM's single API process is a known bottleneck at high request
+rates); the calibrated CPU server here is busy only 0.7 ms of its ~16 ms (docs/fidelity.md).
+With both times 0 (published GPU fits) it costs nothing and changes nothing.
 
 Its streaming work (detokenising, SSE) is not queued here: the calibration measures it inside
 the decode step time.
