@@ -28,11 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from publicai_lab.live.fidelity import LEVELS, fidelity_table, one_server_scenario  # noqa: E402
+from publicai_lab.live.tiny_model import SERVED_MODEL_NAME, TOY_VLLM_ARGS  # noqa: E402
 
-MODEL = "publicai-lab/tiny-llama"
-#: toy.yaml's engine: 32 sequences, 2048 batched tokens, 128 blocks of 128 tokens = 16384 tokens
-VLLM_ARGS = ("--enforce-eager", "--max-num-seqs", "32", "--max-num-batched-tokens", "2048",
-             "--num-gpu-blocks-override", "128")
 
 
 def main() -> int:
@@ -64,8 +61,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     tiny = build_tiny_model(ROOT / ".cache" / "tiny-model")
-    server = VLLMServer(tiny, served_model_name=MODEL, cpus=args.engine_cpu, api_cpus=args.client_cpu,
-                        extra_args=VLLM_ARGS, log_path=out / "vllm.log")
+    server = VLLMServer(tiny, served_model_name=SERVED_MODEL_NAME, cpus=args.engine_cpu, api_cpus=args.client_cpu,
+                        extra_args=TOY_VLLM_ARGS, log_path=out / "vllm.log")
     t0 = time.perf_counter()
     try:
         server.start().wait_ready()
@@ -73,7 +70,7 @@ def main() -> int:
             f"{args.engine_cpu}, API server on CPU {args.client_cpu})")
         perf = args.perf_model
         if args.calibrate:
-            cal = calibrate(server.base_url, MODEL, **FULL, hardware=f"cpu-1core (engine on CPU {args.engine_cpu})",
+            cal = calibrate(server.base_url, SERVED_MODEL_NAME, **FULL, hardware=f"cpu-1core (engine on CPU {args.engine_cpu})",
                             progress=True)
             perf = cal.model
             cal.save(out / "calibration.json")
@@ -81,7 +78,7 @@ def main() -> int:
             log(repr(cal))
         scenario = one_server_scenario(load_scenario(args.scenario), perf)
         backend_id = scenario.backend_id(*scenario.clusters()[0])
-        gw = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=MODEL)])
+        gw = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=SERVED_MODEL_NAME)])
         with gw.serve() as url:
             result = fidelity_table(scenario, url, levels=[float(x) for x in args.levels.split(",")],
                                     saturation_rps=args.saturation_rps, requests=args.requests,

@@ -27,9 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODEL = "publicai-lab/tiny-llama"
-VLLM_ARGS = ("--enforce-eager", "--max-num-seqs", "32", "--max-num-batched-tokens", "2048",
-             "--num-gpu-blocks-override", "128")
+from publicai_lab.live.tiny_model import SERVED_MODEL_NAME, TOY_VLLM_ARGS  # noqa: E402
+
 SETUPS = {"unpinned": (None, None, None), "server-core": ("1", None, "0"), "split": ("1", "0", "0")}
 
 
@@ -69,11 +68,11 @@ def main() -> int:
     for name in args.setups.split(","):
         engine_cpus, api_cpus, client_cpus = SETUPS[name]
         os.sched_setaffinity(0, {int(client_cpus)} if client_cpus else all_cpus)
-        server = VLLMServer(tiny, served_model_name=MODEL, cpus=engine_cpus, api_cpus=api_cpus,
-                            extra_args=VLLM_ARGS + tuple(args.vllm_args.split()), log_path=out / f"vllm-{name}.log")
+        server = VLLMServer(tiny, served_model_name=SERVED_MODEL_NAME, cpus=engine_cpus, api_cpus=api_cpus,
+                            extra_args=TOY_VLLM_ARGS + tuple(args.vllm_args.split()), log_path=out / f"vllm-{name}.log")
         try:
             server.start().wait_ready()
-            gw = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=MODEL)])
+            gw = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=SERVED_MODEL_NAME)])
             with gw.serve() as url:
                 for k in range(args.repeats + 1):
                     res = run_live(scenario, url, requests=args.requests, progress=False, run_id=f"{name}-{k}")

@@ -11,8 +11,8 @@ Observations, one row each (the design matrix of :meth:`StepTimeModel.step_s`):
 
 - **prefill**: a lone request's client TTFT (median of a few) ≈ ``overhead + c0 + c_prefill·P (+ c_prefill_sq·P²)``.
   ``overhead`` (HTTP, tokenisation, detokenisation, API server) is a nuisance column fitted beside
-  the coefficients and *not* part of the step model: the simulator models network and gateway
-  separately. It is saved as metadata (``request_overhead_s``).
+  the coefficients and *not* part of the step model. It becomes the model's ``request_overhead_s``
+  unless lone chat requests measure it on the chat path (the default, see :func:`calibrate`).
 - **decode**: in the interval where all B requests of a group are decoding, each request's token
   stream is cut into a few windows; a window's mean inter-token time is one step
   ``c0 + c_decode·B + c_ctx·ΣC`` with ΣC = the context (prompt + generated so far) of the B
@@ -87,12 +87,16 @@ class Calibration:
     """
 
     model: StepTimeModel
-    request_overhead_s: float
     r2: float
     r2_by_kind: dict[str, float]
     observations: pd.DataFrame
     cells: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def request_overhead_s(self) -> float:
+        """The frontend's per-request time (the model's ``request_overhead_s``)."""
+        return self.model.request_overhead_s
 
     @property
     def n(self) -> int:
@@ -574,7 +578,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             "skipped_cells": skipped, "kv_capacity_tokens": kv_tokens, "wall_s": round(wall_s, 2),
             "request_overhead": overhead_note, "frontend_busy": busy_note, "request_overhead_completions_s": _round(overhead_fit),
             "client_minus_server_ttft_s": _round(api_overhead)}
-    return Calibration(model=fitted, request_overhead_s=overhead, r2=_r2(y, yhat), r2_by_kind=r2_kind,
+    return Calibration(model=fitted, r2=_r2(y, yhat), r2_by_kind=r2_kind,
                        observations=obs, cells=cells_df, meta=meta)
 
 

@@ -189,9 +189,7 @@ class EmulatedBackend:
             engine = engine_from_scenario(*engine)[0]
         self.params = engine or default_engine_params()
         self.replicas = int(replicas)
-        perf = self.params.perf
-        self._frontend = Frontend(self.replicas, max(perf.request_overhead_s, perf.frontend_busy_s),
-                                  perf.frontend_busy_s)
+        self._frontend = Frontend.for_perf(self.params.perf, self.replicas)
         self.host = host
         self.port = int(port)
         self.faults = faults or Faults()
@@ -539,7 +537,7 @@ class EmulatedBackend:
         fmt = _Format(chat, model, next(self._ids), self._created)
         self.in_flight += 1
         try:
-            if not self.zero_latency and self._frontend.busy_s + self._frontend.rest_s > 0:
+            if not self.zero_latency and self._frontend is not None:
                 # the frontend's queue before the engine sees the request, as in the simulator
                 now = asyncio.get_running_loop().time()
                 await asyncio.sleep(self._frontend.delay_s(now, now))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from publicai_lab.errors import PublicAILabError
@@ -104,9 +105,7 @@ def measure_saturation_rps(scenario: Any, target: str, *, requests: int = 300, c
         values.append(metric_values(res.requests)["throughput_rps"])
         if log:
             log(f"saturation run {k + 1}/{repeats}: {values[-1]:.1f} req/s at concurrency {conc}")
-    values.sort()
-    return float(values[len(values) // 2]) if len(values) % 2 else float(sum(values[len(values) // 2 - 1:
-                                                                                   len(values) // 2 + 1]) / 2)
+    return float(np.median(values))
 
 
 def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 300, repeats: int = 3,

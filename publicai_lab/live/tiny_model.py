@@ -29,7 +29,16 @@ import numpy as np
 
 from publicai_lab.errors import PublicAILabError
 
-__all__ = ["build_tiny_model", "is_complete", "TINY_GEOMETRY", "CHAT_TEMPLATE", "add_cli"]
+__all__ = ["build_tiny_model", "is_complete", "TINY_GEOMETRY", "CHAT_TEMPLATE", "SERVED_MODEL_NAME",
+           "TOY_VLLM_ARGS", "add_cli"]
+
+#: the name the tiny model is served under (the model of scenarios/toy.yaml)
+SERVED_MODEL_NAME = "publicai-lab/tiny-llama"
+#: vLLM arguments matching toy.yaml's engine: max_num_seqs 32, max_num_batched_tokens 2048,
+#: kv_cache_tokens 16384. vLLM's CPU backend uses blocks of 128 tokens (block size 16 fails to
+#: start), so 16384 tokens = 128 blocks; ``--enforce-eager`` skips torch.compile's warm-up.
+TOY_VLLM_ARGS: tuple[str, ...] = ("--enforce-eager", "--max-num-seqs", "32", "--max-num-batched-tokens", "2048",
+                                  "--num-gpu-blocks-override", "128")
 
 #: bump when the recipe changes, so cached directories built by an older recipe are rebuilt
 RECIPE_VERSION = 1

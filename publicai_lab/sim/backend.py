@@ -42,8 +42,7 @@ class Backend:
         self.donated = bool(cluster.donated)
         self.cost_per_mtok_usd = 0.0 if self.donated else cost_per_mtok_usd
         self.params = params
-        self.request_overhead_s = max(params.perf.request_overhead_s, params.perf.frontend_busy_s)
-        self.frontend = Frontend(cluster.replicas, self.request_overhead_s, params.perf.frontend_busy_s)
+        self.frontend = Frontend.for_perf(params.perf, cluster.replicas)
         self.replicas = [
             Replica(env, params, name=f"{backend_id}#{i}", on_finish=on_finish, on_reject=on_reject,
                     scrape_interval_s=scrape_interval_s, samples=samples, sample_key=(backend_id, i))

@@ -16,6 +16,8 @@ the decode step time.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["Frontend"]
 
 
@@ -27,9 +29,16 @@ class Frontend:
     __slots__ = ("busy_s", "rest_s", "_free_at_s")
 
     def __init__(self, servers: int, overhead_s: float, busy_s: float = 0.0) -> None:
-        self.busy_s = min(float(busy_s), float(overhead_s)) if overhead_s > 0 else float(busy_s)
+        self.busy_s = float(busy_s)                                   # the overhead is at least the busy time
         self.rest_s = max(0.0, float(overhead_s) - self.busy_s)
         self._free_at_s = [0.0] * max(1, int(servers))
+
+    @classmethod
+    def for_perf(cls, perf: Any, servers: int) -> "Frontend | None":
+        """The frontend of a perf model's servers, or None when it takes no time (nothing to do)."""
+        if perf.request_overhead_s <= 0.0 and perf.frontend_busy_s <= 0.0:
+            return None
+        return cls(servers, perf.request_overhead_s, perf.frontend_busy_s)
 
     def delay_s(self, now_s: float, arrive_s: float) -> float:
         if self.busy_s <= 0.0:

