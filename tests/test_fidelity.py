@@ -13,7 +13,7 @@ import pytest
 
 from publicai_lab import load_scenario
 from publicai_lab.live.emulator import EmulatedBackend
-from publicai_lab.live.fidelity import FidelityResult, fidelity_table, one_server_scenario
+from publicai_lab.live.fidelity import FidelityResult, fidelity_table, one_server_scenario, scaled_step_times
 from publicai_lab.perf import StepTimeModel
 from conftest import SCENARIOS_DIR
 
@@ -51,9 +51,29 @@ def test_fidelity_table_against_an_emulated_server_matches_its_simulated_twin():
     backend_id = sc.backend_id(*sc.clusters()[0])
     with EmulatedBackend.from_scenario(sc, backend_id).serve() as url:
         result = fidelity_table(sc, url, levels=(0.5,), saturation_rps=60.0, requests=120, repeats=2,
-                                warmup_requests=20)
+                                warmup_requests=20, engine_url=url)
     t = result.table.set_index("metric")
     assert list(t.index) == ["e2e_p50_s", "e2e_p90_s", "ttft_p50_s"]
     assert t.loc["e2e_p50_s", "rate_rps"] == pytest.approx(30.0)
     assert abs(t.loc["e2e_p50_s", "rel_error"]) < 0.10, result.to_markdown()
     assert abs(t.loc["ttft_p50_s", "rel_error"]) < 0.25, result.to_markdown()
+    # the emulator's /metrics carry the engine's inter-token latency: it ran at the model's speed
+    assert abs(t.loc["e2e_p50_s", "engine_drift"]) < 0.08, result.to_markdown()
+    assert "engine drift" in result.to_markdown()
+
+
+def test_engine_drift_is_measured_and_conditioning_on_it_removes_the_error():
+    """An engine 30 % slower than the perf model says: the raw error shows it, the drift column
+    names it (from the server's own /metrics), and the simulation rerun at the measured speed agrees."""
+    perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=2e-4, request_overhead_s=0.005)
+    sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"), perf)
+    slower = one_server_scenario(sc, scaled_step_times(perf, 1.3))
+    backend_id = sc.backend_id(*sc.clusters()[0])
+    with EmulatedBackend.from_scenario(slower, backend_id).serve() as url:
+        result = fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
+                                warmup_requests=20, engine_url=url)
+    t = result.table.set_index("metric")
+    assert t.loc["e2e_p50_s", "rel_error"] < -0.15, result.to_markdown()      # sim too fast
+    assert t.loc["e2e_p50_s", "engine_drift"] == pytest.approx(0.30, abs=0.08), result.to_markdown()
+    assert abs(t.loc["e2e_p50_s", "conditioned_error"]) < 0.10, result.to_markdown()
+    assert abs(t.loc["e2e_p90_s", "conditioned_error"]) < 0.12, result.to_markdown()

@@ -59,7 +59,7 @@ __all__ = ["calibrate", "calibrate_async", "Calibration", "fit_observations", "d
 #: the default sweeps. QUICK fits in well under a minute on one CPU core with the tiny model.
 QUICK: dict[str, Any] = dict(prompt_lengths=(32, 256, 768), concurrencies=(1, 4, 12), output_lengths=(64,),
                              repeats=2)
-FULL: dict[str, Any] = dict(prompt_lengths=(32, 128, 512, 1024), concurrencies=(1, 2, 4, 8, 16),
+FULL: dict[str, Any] = dict(prompt_lengths=(32, 128, 512, 1024), concurrencies=(1, 2, 4, 8, 16, 32),
                             output_lengths=(32, 128), repeats=3)
 COEFFS = ("c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s")
 _WINDOWS = 4
@@ -442,7 +442,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           output_lengths: Sequence[int] = QUICK["output_lengths"], repeats: int = QUICK["repeats"],
                           warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "client",
                           overhead_endpoint: str = "chat", overhead_probes: int = 8, frontend_burst: int = 16,
-                          hardware: str | None = None, api_key: str | None = None, seed: int = 0,
+                          shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
     import aiohttp
@@ -461,6 +461,10 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
     root = _root_url(target)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     cells = list(itertools.product(sorted(prompt_lengths), sorted(concurrencies), sorted(output_lengths)))
+    if shuffle:
+        # a seeded random order: on a shared host the engine's speed drifts over the sweep, and in
+        # sorted order that drift would line up with prompt length or batch size and bias a slope
+        cells = [cells[i] for i in rng.permutation(len(cells))]
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
@@ -639,7 +643,9 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     gateways use; "completions": the value fitted beside the token-id prefill rows),
     ``frontend_burst`` (chat requests sent at once, three times, to measure the frontend's busy
     time per request ``frontend_busy_s`` — the part requests queue for; 0 or 1: not measured),
-    ``api_key``, ``seed`` (prompt token draws), ``progress`` (True: a bar; a callable
+    ``shuffle`` (default True: the cells in a seeded random order, so that a drift of the engine's
+    speed during the sweep is noise in the fit, not a bias of one coefficient),
+    ``api_key``, ``seed`` (prompt token draws and the cell order), ``progress`` (True: a bar; a callable
     ``(done, total, label)``). Works against vLLM (CPU or GPU) and the emulator alike.
     """
     return run_sync(lambda: calibrate_async(target, model, **kwargs), name="calibrate")

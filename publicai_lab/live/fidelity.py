@@ -32,7 +32,7 @@ import pandas as pd
 from publicai_lab.errors import PublicAILabError
 
 __all__ = ["one_server_scenario", "measure_saturation_rps", "fidelity_at", "fidelity_table", "FidelityResult",
-           "TOLERANCES", "LEVELS"]
+           "LevelFidelity", "engine_itl_totals", "mean_itl_s", "scaled_step_times", "TOLERANCES", "LEVELS"]
 
 #: relative error allowed per metric (issue 4: E2E p50/p90 within 10 %, TTFT p50 within 15 %)
 TOLERANCES: dict[str, float] = {"e2e_p50_s": 0.10, "e2e_p90_s": 0.10, "ttft_p50_s": 0.15}
@@ -108,31 +108,145 @@ def measure_saturation_rps(scenario: Any, target: str, *, requests: int = 300, c
     return float(np.median(values))
 
 
+def engine_itl_totals(server_url: str) -> tuple[float, float] | None:
+    """(sum s, count) of vLLM's inter-token-latency histogram at ``server_url``/metrics, None without.
+
+    vLLM stamps tokens in the engine process, so this is the engine's own speed, free of the HTTP
+    path and of the client's clock."""
+    import urllib.request
+
+    from publicai_lab.live.metrics import parse_prometheus, sample_sum
+
+    root = server_url.rstrip("/").removesuffix("/v1")
+    try:
+        with urllib.request.urlopen(root + "/metrics", timeout=10) as resp:
+            samples = parse_prometheus(resp.read().decode())
+    except OSError:
+        return None
+    for name in ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"):
+        total, count = sample_sum(samples, name + "_sum"), sample_sum(samples, name + "_count")
+        if total is not None and count is not None:
+            return float(total), float(count)
+    return None
+
+
+def mean_itl_s(frame: pd.DataFrame) -> float:
+    """Token-weighted mean gap between output tokens of the ok requests: Σ(e2e − ttft) / Σ(output − 1),
+    the quantity vLLM's inter-token-latency histogram averages."""
+    ok = frame[(frame["status"] == "ok") & (frame["output_tokens"] >= 2)]
+    gaps = float((ok["output_tokens"] - 1).sum())
+    return float((ok["e2e_s"] - ok["ttft_s"]).sum()) / gaps if gaps > 0 else math.nan
+
+
+def scaled_step_times(perf: Any, factor: float) -> Any:
+    """``perf`` with every step-time coefficient times ``factor``; the frontend's terms unchanged."""
+    from dataclasses import replace
+
+    return replace(perf, c0_s=perf.c0_s * factor, c_prefill_s=perf.c_prefill_s * factor,
+                   c_prefill_sq_s=perf.c_prefill_sq_s * factor, c_decode_s=perf.c_decode_s * factor,
+                   c_ctx_s=perf.c_ctx_s * factor, source=f"{perf.source} ×{factor:.3f}")
+
+
 def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 300, repeats: int = 3,
-                warmup_requests: int = 50, log: Log | None = None) -> Any:
-    """Simulate and replay ``scenario`` at ``rate_rps`` (Poisson): a :class:`~publicai_lab.analysis.compare.Comparison`
-    of the simulation against ``repeats`` live runs through ``target`` (a gateway or the server).
+                warmup_requests: int = 50, engine_url: str | None = None, log: Log | None = None) -> LevelFidelity:
+    """Simulate and replay ``scenario`` at ``rate_rps`` (Poisson): a :class:`LevelFidelity` holding the
+    comparison of the simulation against ``repeats`` live runs through ``target`` (a gateway or the server).
 
     ``warmup_requests`` at the same rate go first, unrecorded: an idle CPU server's first seconds
-    at a new load are slower (caches, the hypervisor waking an idle core)."""
+    at a new load are slower (caches, the hypervisor waking an idle core).
+
+    ``engine_url`` (the vLLM server itself, for its ``/metrics``): the engine's mean inter-token
+    latency is read around every live repeat; the factor on the step times that makes the
+    simulation's equal their median is found (``engine_drift`` = factor − 1: how much slower the
+    engine ran than calibrated), and that simulation compared too (``conditioned``): what the model
+    predicts *given* the engine's speed during the repeats. A diagnostic that separates the model's
+    error from the machine's drift, not a prediction: the factor comes from the live runs."""
     from publicai_lab.analysis.compare import compare
     from publicai_lab.live.loadgen import run_live
     from publicai_lab.sim.run import simulate
 
     sc = scenario.with_overrides(rate_per_s=float(rate_rps))
-    sim = simulate(sc, requests=requests, progress=False)
     if warmup_requests:
         run_live(sc.with_overrides(seed=sc.seed + 1), target, requests=warmup_requests, progress=False,
                  run_id="warmup")
-    lives = []
+    lives, engine_itls = [], []
     for k in range(repeats):
+        before = engine_itl_totals(engine_url) if engine_url else None
         res = run_live(sc, target, requests=requests, progress=False, run_id=f"fidelity-{rate_rps:.1f}-{k}")
+        after = engine_itl_totals(engine_url) if before else None
+        if before and after and after[1] > before[1]:
+            engine_itls.append((after[0] - before[0]) / (after[1] - before[1]))
         lives.append(res.requests)
         if log:
             ok = res.requests[res.requests["status"] == "ok"]
             log(f"  {rate_rps:.1f} req/s live {k + 1}/{repeats}: {len(ok)}/{len(res.requests)} ok, "
                 f"E2E p50 {ok['e2e_s'].median() * 1e3:.0f} ms")
-    return compare(sim.requests, live_repeats=lives, title=f"{scenario.name} at {rate_rps:.1f} req/s")
+    notes = []
+    sim = simulate(sc, requests=requests, progress=False)
+    cmp = compare(sim.requests, live_repeats=lives, title=f"{scenario.name} at {rate_rps:.1f} req/s")
+    level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests))
+    if engine_itls and level.sim_itl_s > 0:
+        factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests)
+        level.step_time_factor = factor
+        level.conditioned = compare(cond.requests, live_repeats=lives, title=f"{cmp.title}, step times ×{factor:.3f}")
+        notes.append(f"engine inter-token latency (vLLM /metrics) per live repeat: "
+                     f"{' / '.join(f'{x * 1e3:.2f}' for x in engine_itls)} ms; simulated {level.sim_itl_s * 1e3:.2f} ms; "
+                     f"the simulation matches the median with step times ×{factor:.3f} "
+                     f"(engine drift {level.engine_drift:+.1%})")
+    cmp.notes.extend(notes)
+    return level
+
+
+def step_time_factor_for_itl(scenario: Any, itl_s: float, *, requests: int, lo: float = 0.125,
+                             hi: float = 8.0, rel_tol: float = 0.002) -> tuple[float, Any]:
+    """The factor on the one cluster's step times that makes the simulated mean inter-token
+    latency (:func:`mean_itl_s`) equal ``itl_s``, by bisection on a log scale; and that simulation.
+
+    Not a plain ratio of latencies: a slower engine also holds more requests at once, so its
+    batches, and so its steps, grow too — the latency ratio overstates the speed ratio."""
+    from publicai_lab.perf import engine_params_for
+    from publicai_lab.sim.run import simulate
+
+    partner, cluster = scenario.clusters()[0]
+    perf = engine_params_for(scenario, partner, cluster).perf
+
+    def run(f: float) -> Any:
+        return simulate(one_server_scenario(scenario, scaled_step_times(perf, f)), requests=requests, progress=False)
+
+    best = None
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        res = run(mid)
+        itl = mean_itl_s(res.requests)
+        best = (mid, res)
+        if not math.isfinite(itl) or abs(itl / itl_s - 1.0) <= rel_tol:
+            break
+        if itl < itl_s:
+            lo = mid
+        else:
+            hi = mid
+    assert best is not None
+    return best
+
+
+@dataclass
+class LevelFidelity:
+    """One load level: the :class:`~publicai_lab.analysis.compare.Comparison` (sim vs the live
+    repeats) and, when the server's ``/metrics`` were read, the engine's own inter-token latency per
+    repeat, the simulation's, and the comparison conditioned on the engine's measured speed."""
+
+    comparison: Any
+    engine_itls_s: list[float] = field(default_factory=list)
+    sim_itl_s: float = math.nan
+    step_time_factor: float = math.nan
+    conditioned: Any = None
+
+    @property
+    def engine_drift(self) -> float:
+        """How much slower (+) or faster (−) the engine's steps were in the live repeats than the
+        perf model says: the step-time factor that reproduces the engine's measured mean
+        inter-token latency (median of the repeats), minus 1. NaN without the server's ``/metrics``."""
+        return self.step_time_factor - 1.0
 
 
 @dataclass
@@ -141,13 +255,15 @@ class FidelityResult:
 
     Columns: level (fraction of saturation), rate_rps, metric, sim, live (median of the repeats),
     rel_error, live_spread ((max − min)/median), tolerance, judged (live_spread ≤ judge_spread),
-    ok (|rel_error| ≤ tolerance), live_1 … live_k. ``saturation_rps`` is the measured saturation.
+    ok (|rel_error| ≤ tolerance), engine_drift and conditioned_error (NaN unless the server's
+    ``/metrics`` were read: see :func:`fidelity_at`), live_1 … live_k. ``saturation_rps`` is the
+    measured saturation; ``levels`` holds each level's :class:`LevelFidelity`.
     """
 
     table: pd.DataFrame
     saturation_rps: float
     judge_spread: float = 0.10
-    comparisons: dict[float, Any] = field(default_factory=dict)
+    levels: dict[float, LevelFidelity] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -157,22 +273,41 @@ class FidelityResult:
 
     def to_markdown(self) -> str:
         lines = [f"Saturation (measured, closed loop at a full batch): {self.saturation_rps:.1f} req/s. "
-                 f"Errors are judged where the live repeats agree within {self.judge_spread:.0%}.", "",
-                 "| load | req/s | metric | sim ms | live ms (median) | error | live spread | tolerance | verdict |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in self.table.itertuples(index=False):
-            verdict = ("pass" if r.ok else "FAIL") if r.judged else "not judged (live spread > "\
+                 f"Errors are judged where the live repeats agree within {self.judge_spread:.0%}.", ""]
+        drift = "engine_drift" in self.table and self.table["engine_drift"].notna().any()
+        if drift:
+            lines += ["Engine drift: how much slower (+) the engine's steps were in the live repeats than the perf "
+                      "model says — the factor on the simulated step times that reproduces the engine's own mean "
+                      "inter-token latency (vLLM's `/metrics`, median of the repeats), minus 1. Conditioned: the "
+                      "simulation at that factor — a diagnostic that separates the model's error from the "
+                      "machine's drift, not a prediction (the factor comes from the live runs).", ""]
+        head = ["load", "req/s", "metric", "sim ms", "live ms (median)", "live runs ms", "error", "live spread",
+                "tolerance", "verdict"] + (["engine drift", "conditioned error"] if drift else [])
+        lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        run_cols = [c for c in self.table.columns if c.startswith("live_") and c[5:].isdigit()]
+        for r in self.table.to_dict("records"):
+            verdict = ("pass" if r["ok"] else "FAIL") if r["judged"] else "not judged (live spread > "\
                 f"{self.judge_spread:.0%})"
-            lines.append(f"| {r.level:.0%} | {r.rate_rps:.1f} | {r.metric} | {r.sim * 1e3:.1f} | {r.live * 1e3:.1f} | "
-                         f"{r.rel_error:+.1%} | {r.live_spread:.1%} | ±{r.tolerance:.0%} | {verdict} |")
+            runs = " / ".join(f"{r[c] * 1e3:.0f}" for c in run_cols if r.get(c) == r.get(c))
+            cells = [f"{r['level']:.0%}", f"{r['rate_rps']:.1f}", r["metric"], f"{r['sim'] * 1e3:.1f}",
+                     f"{r['live'] * 1e3:.1f}", runs, f"{r['rel_error']:+.1%}", f"{r['live_spread']:.1%}",
+                     f"±{r['tolerance']:.0%}", verdict]
+            if drift:
+                cells += [f"{r['engine_drift']:+.1%}", f"{r['conditioned_error']:+.1%}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = [f"- {level:.0%}: {note}" for level, lf in self.levels.items() for note in lf.comparison.notes]
+        if notes:
+            lines += [""] + notes
         return "\n".join(lines) + "\n"
 
 
 def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVELS,
                    saturation_rps: float | None = None, requests: int = 300, repeats: int = 3,
                    tolerances: Mapping[str, float] = TOLERANCES, judge_spread: float = 0.10,
-                   warmup_requests: int = 100, log: Log | None = None) -> FidelityResult:
-    """Measure saturation (unless given), then :func:`fidelity_at` every level; see the module doc."""
+                   warmup_requests: int = 100, engine_url: str | None = None,
+                   log: Log | None = None) -> FidelityResult:
+    """Measure saturation (unless given), then :func:`fidelity_at` every level (``engine_url``: the
+    engine's measured speed beside every level, see there); see the module doc."""
     from publicai_lab.live.loadgen import run_live
 
     if warmup_requests:
@@ -181,20 +316,23 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
     if not (sat > 0 and math.isfinite(sat)):
         raise PublicAILabError(f"saturation: got {sat!r} req/s")
     rows = []
-    comparisons = {}
+    levels_out: dict[float, LevelFidelity] = {}
     for level in levels:
         rate = level * sat
         if log:
             log(f"level {level:.0%}: {rate:.1f} req/s")
-        cmp = fidelity_at(scenario, target, rate, requests=requests, repeats=repeats, log=log)
-        comparisons[level] = cmp
-        t = cmp.table
+        lf = fidelity_at(scenario, target, rate, requests=requests, repeats=repeats, engine_url=engine_url,
+                         log=log)
+        levels_out[level] = lf
+        t = lf.comparison.table
         for metric, tol in tolerances.items():
             row = t.loc[metric]
             spread = float(row["live_spread"])
             err = float(row["rel_error"])
+            cond_err = float(lf.conditioned.table.loc[metric, "rel_error"]) if lf.conditioned is not None else math.nan
             rows.append({"level": level, "rate_rps": rate, "metric": metric, "sim": float(row["sim"]),
                          "live": float(row["live"]), "rel_error": err, "live_spread": spread, "tolerance": tol,
                          "judged": bool(spread <= judge_spread), "ok": bool(abs(err) <= tol),
+                         "engine_drift": lf.engine_drift, "conditioned_error": cond_err,
                          **{c: float(row[c]) for c in t.columns if c.startswith("live_") and c[5:].isdigit()}})
-    return FidelityResult(pd.DataFrame(rows), sat, judge_spread, comparisons)
+    return FidelityResult(pd.DataFrame(rows), sat, judge_spread, levels_out)

@@ -55,7 +55,8 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(v
         backend_id = scenario.backend_id(*scenario.clusters()[0])
         gateway = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=SERVED_MODEL_NAME)])
         with gateway.serve() as url:
-            result = fidelity_table(scenario, url, levels=(0.25,), requests=300, repeats=3, log=print)
+            result = fidelity_table(scenario, url, levels=(0.25,), requests=300, repeats=3, log=print,
+                                    engine_url=server.base_url)
     finally:
         os.sched_setaffinity(0, affinity)
         server.move_api_server(engine_cpu)     # back to the whole server on its own core
@@ -66,3 +67,6 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(v
     assert 20 < result.saturation_rps < 300, result.saturation_rps   # the tiny model on one core
     bound = GROSS_ERROR + t["live_spread"]
     assert (t["rel_error"].abs() <= bound).all(), result.to_markdown()
+    # the engine's own inter-token latency was read from vLLM's /metrics around every repeat
+    assert len(result.levels[0.25].engine_itls_s) == 3, result.to_markdown()
+    assert abs(t.loc["e2e_p50_s", "engine_drift"]) < 1.0, result.to_markdown()
