@@ -49,6 +49,7 @@ bench: $(TSTAMP)
 	$(BIN)/python benchmarks/sim_speed.py
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/policy_ranking.py
+	$(BIN)/python benchmarks/host_noise.py
 	$(BIN)/python benchmarks/fidelity.py --calibrate
 
 lab: $(TSTAMP)
