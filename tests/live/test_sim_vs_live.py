@@ -15,6 +15,10 @@ this level the error has ranged from +13 % to −25 % on E2E p50 (−32 … +9 %
 TTFT) over seven runs, once −25 % beside a 3 % live spread (docs/fidelity.md, and
 ``benchmarks/fidelity.py`` for the strict verdicts). The guard fails on a model as wrong as the
 simulator was before the API server moved off the engine's core (2–3× too fast: −50 … −67 %).
+
+The engine's own speed during the repeats (vLLM's inter-token latency in ``/metrics``) is read too,
+and the simulation rerun at that speed must be within 15 % plus the live spread on E2E p50 and p90:
+that holds the model (batching, queueing) to a real bound with the machine's drift taken out.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: the guard: larger than any error seen at this level on this machine (E2E 25–32 %, TTFT 36 %
 #: beside a 41 % spread), smaller than the error of the model before the set-up change (50–67 %)
 GROSS_ERROR = 0.40
+#: the bound at the engine's measured speed (the drift taken out): the model's own error
+CONDITIONED_ERROR = 0.15
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs one core for the engine, one for the client")
@@ -67,6 +73,11 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(v
     assert 20 < result.saturation_rps < 300, result.saturation_rps   # the tiny model on one core
     bound = GROSS_ERROR + t["live_spread"]
     assert (t["rel_error"].abs() <= bound).all(), result.to_markdown()
-    # the engine's own inter-token latency was read from vLLM's /metrics around every repeat
+    # the engine's own inter-token latency was read from vLLM's /metrics around every repeat, and at
+    # that measured speed the model's E2E (batching, queueing) must be close: conditioned E2E errors
+    # were -7.5 ... +8.5 % in six runs at this level (docs/fidelity.md §4). TTFT is left to the gross
+    # guard: at the measured speed it was -33 ... +0.3 % (the frontend's core is shared with the client)
     assert len(result.levels[0.25].engine_itls_s) == 3, result.to_markdown()
     assert abs(t.loc["e2e_p50_s", "engine_drift"]) < 1.0, result.to_markdown()
+    e2e = t.loc[["e2e_p50_s", "e2e_p90_s"]]
+    assert (e2e["conditioned_error"].abs() <= CONDITIONED_ERROR + e2e["live_spread"]).all(), result.to_markdown()
