@@ -13,9 +13,14 @@ api_cpus="0")``), the API server, gateway and load generator on the other, a war
 With the API server time-sharing the engine's core, step times swung 50 % run to run and the
 calibrated simulator was 2–3× too fast (a quarter of that core went to HTTP and detokenising).
 
+Even so the engine's speed drifts with the host (10–60 % from one minute to the next, the shared
+L3 and Python's heap: ``benchmarks/host_noise.py``). With ``engine_url`` the table also reads the
+engine's own inter-token latency from vLLM's ``/metrics`` during the repeats and reports how far the
+engine was from its calibration and the error at that measured speed (``docs/fidelity.md`` §4).
+
     >>> from publicai_lab.live.fidelity import one_server_scenario, fidelity_table  # doctest: +SKIP
     >>> sc = one_server_scenario(load_scenario("scenarios/toy.yaml"), "tiny-llama_cpu_tp1")
-    >>> result = fidelity_table(sc, gateway_url, repeats=3)
+    >>> result = fidelity_table(sc, gateway_url, repeats=3, engine_url=server_url)
     >>> print(result.to_markdown())
 """
 
@@ -32,7 +37,8 @@ import pandas as pd
 from publicai_lab.errors import PublicAILabError
 
 __all__ = ["one_server_scenario", "measure_saturation_rps", "fidelity_at", "fidelity_table", "FidelityResult",
-           "LevelFidelity", "engine_itl_totals", "mean_itl_s", "scaled_step_times", "TOLERANCES", "LEVELS"]
+           "LevelFidelity", "engine_itl_totals", "mean_itl_s", "scaled_step_times", "step_time_factor_for_itl",
+           "TOLERANCES", "LEVELS"]
 
 #: relative error allowed per metric (issue 4: E2E p50/p90 within 10 %, TTFT p50 within 15 %)
 TOLERANCES: dict[str, float] = {"e2e_p50_s": 0.10, "e2e_p90_s": 0.10, "ttft_p50_s": 0.15}
@@ -207,6 +213,8 @@ def step_time_factor_for_itl(scenario: Any, itl_s: float, *, requests: int, lo: 
     from publicai_lab.perf import engine_params_for
     from publicai_lab.sim.run import simulate
 
+    if not (itl_s > 0 and math.isfinite(itl_s)):
+        raise PublicAILabError(f"step_time_factor_for_itl: itl_s must be a positive number of seconds; got {itl_s!r}")
     partner, cluster = scenario.clusters()[0]
     perf = engine_params_for(scenario, partner, cluster).perf
 
