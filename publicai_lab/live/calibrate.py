@@ -441,7 +441,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           concurrencies: Sequence[int] = QUICK["concurrencies"],
                           output_lengths: Sequence[int] = QUICK["output_lengths"], repeats: int = QUICK["repeats"],
                           warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "client",
-                          overhead_endpoint: str = "chat", overhead_probes: int = 8, frontend_burst: int = 16,
+                          overhead_endpoint: str = "chat", overhead_probes: int = 16, frontend_burst: int = 16,
                           shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
@@ -498,7 +498,14 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         cell_rows: list[dict[str, Any]] = []
         skipped: list[str] = []
         done = 0
-        for p, b, n in cells:
+        # lone chat requests spread evenly over the sweep measure the frontend's latency: on a shared
+        # host the server's speed drifts, and the overhead should average over the same minutes as the fit
+        chat = _ChatProbes(client, int(np.median(prompt_lengths)), seed)
+        n_chat = overhead_probes if overhead_endpoint == "chat" else 0
+        chat_after = {int(i) for i in np.linspace(0, len(cells) - 1, n_chat).round()} if n_chat > 0 else set()
+        for cell_index, (p, b, n) in enumerate(cells):
+            if cell_index in chat_after:
+                await chat.probe()
             if kv_tokens is not None and b * (p + n) > 0.9 * kv_tokens:
                 skipped.append(f"P={p} B={b} n={n}")
                 done += repeats
@@ -550,12 +557,13 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             raise CalibrationError(f"the sweep produced no usable observations (skipped cells: {skipped})")
         fitted, overhead_fit, obs = fit_observations(obs, prefill_sq=prefill_sq, source=f"calibrate:{root}")
         overhead, overhead_note = overhead_fit, "fitted beside the prefill rows (completions, token ids)"
-        if overhead_endpoint == "chat" and overhead_probes > 0:
-            measured = await _chat_overhead_s(client, fitted, int(np.median(prompt_lengths)), overhead_probes, seed)
+        if n_chat > 0:
+            measured = chat.overhead_s(fitted)
             if isinstance(measured, str):
                 overhead_note = f"chat probes failed ({measured}); kept the fitted value"
             else:
-                overhead, overhead_note = measured, f"median of {overhead_probes} lone chat requests"
+                overhead, overhead_note = measured, (f"median of {len(chat.answers)} lone chat requests spread "
+                                                     f"over the sweep")
         busy, busy_note = 0.0, "not measured"
         if overhead_endpoint == "chat" and frontend_burst > 1:
             measured = await _chat_frontend_busy_s(client, fitted, int(np.median(prompt_lengths)), frontend_burst,
@@ -586,24 +594,36 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                        observations=obs, cells=cells_df, meta=meta)
 
 
-async def _chat_overhead_s(client: _Client, model: StepTimeModel, prompt_tokens: int, probes: int,
-                           seed: int) -> float | str:
-    """The frontend's per-request latency on the chat path: median over lone chat requests of
-    client TTFT minus the fitted prefill step of the served prompt. A string says why it failed."""
-    from publicai_lab.live.loadgen import PromptBuilder
+class _ChatProbes:
+    """Lone streamed chat requests (the path the load generator and gateways use), sent one at a
+    time between sweep cells; afterwards the frontend's per-request latency is the median of their
+    client TTFT minus the fitted prefill step of the served prompt."""
 
-    builder = PromptBuilder(np.random.default_rng(np.random.SeedSequence([seed, 0xC4A7])))
-    gaps = []
-    try:
-        for _ in range(probes):
-            ttft, served = await client.chat_ttft(builder.text(prompt_tokens))
-            if served and math.isfinite(ttft):
-                gaps.append(ttft - model.step_s(int(served), 0, 0, float(served) ** 2))
-    except (CalibrationError, OSError, ValueError) as exc:
-        return str(exc)[:200]
-    if not gaps:
-        return "no usable chat answers"
-    return max(0.0, float(np.median(gaps)))
+    def __init__(self, client: _Client, prompt_tokens: int, seed: int) -> None:
+        from publicai_lab.live.loadgen import PromptBuilder
+
+        self.client, self.prompt_tokens = client, prompt_tokens
+        self.builder = PromptBuilder(np.random.default_rng(np.random.SeedSequence([seed, 0xC4A7])))
+        self.answers: list[tuple[float, int]] = []
+        self.error: str | None = None
+
+    async def probe(self) -> None:
+        if self.error is not None:
+            return
+        try:
+            ttft, served = await self.client.chat_ttft(self.builder.text(self.prompt_tokens))
+        except (CalibrationError, OSError, ValueError) as exc:
+            self.error = str(exc)[:200]
+            return
+        if served and math.isfinite(ttft):
+            self.answers.append((ttft, int(served)))
+
+    def overhead_s(self, model: StepTimeModel) -> float | str:
+        """The median gap, or a string saying why there is none."""
+        if not self.answers:
+            return self.error or "no usable chat answers"
+        gaps = [ttft - model.step_s(served, 0, 0, float(served) ** 2) for ttft, served in self.answers]
+        return max(0.0, float(np.median(gaps)))
 
 
 async def _chat_frontend_busy_s(client: _Client, model: StepTimeModel, prompt_tokens: int, burst: int,
@@ -639,8 +659,9 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     ``prefill_sq`` (also fit c_prefill_sq_s), ``timing`` ("client" or "server": prefill rows from
     the client's TTFT or vLLM's TTFT histogram), ``hardware`` (label for the metadata),
     ``overhead_endpoint`` ("chat", default: the frontend's per-request latency ``request_overhead_s``
-    is measured with ``overhead_probes`` lone chat requests — the path the load generator and
-    gateways use; "completions": the value fitted beside the token-id prefill rows),
+    is measured with ``overhead_probes`` (16) lone chat requests spread evenly over the sweep — the
+    path the load generator and gateways use, sampled over the same minutes as the step fit;
+    "completions": the value fitted beside the token-id prefill rows),
     ``frontend_burst`` (chat requests sent at once, three times, to measure the frontend's busy
     time per request ``frontend_busy_s`` — the part requests queue for; 0 or 1: not measured),
     ``shuffle`` (default True: the cells in a seeded random order, so that a drift of the engine's

@@ -75,7 +75,7 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(v
     assert (t["rel_error"].abs() <= bound).all(), result.to_markdown()
     # the engine's own inter-token latency was read from vLLM's /metrics around every repeat, and at
     # that measured speed the model's E2E (batching, queueing) must be close: conditioned E2E errors
-    # were -7.5 ... +4.8 % in six runs at this level (docs/fidelity.md §4). TTFT is left to the gross
+    # were -7.5 ... +6.6 % in seven runs at this level (docs/fidelity.md §4). TTFT is left to the gross
     # guard: at the measured speed it was -33 ... +0.3 % (the frontend's core is shared with the client)
     assert len(result.levels[0.25].engine_itls_s) == 3, result.to_markdown()
     assert abs(t.loc["e2e_p50_s", "engine_drift"]) < 1.0, result.to_markdown()
