@@ -67,6 +67,8 @@ _FALLBACK_IDS = tuple(range(10, 100))
 _TTFT_H = "vllm:time_to_first_token_seconds"
 _ITL_H = "vllm:inter_token_latency_seconds"
 _ITL_H_OLD = "vllm:time_per_output_token_seconds"
+#: vLLM's inter-token-latency histogram under its current name, then its name before v0.10
+ITL_HISTOGRAMS = (_ITL_H, _ITL_H_OLD)
 
 Progress = Callable[[int, int, str], None]
 
@@ -311,7 +313,7 @@ def _metric_means(before: dict[str, Any] | None, after: dict[str, Any] | None) -
     out = {"server_ttft_s": math.nan, "server_itl_s": math.nan}
     if before is None or after is None:
         return out
-    for key, names in (("server_ttft_s", (_TTFT_H,)), ("server_itl_s", (_ITL_H, _ITL_H_OLD))):
+    for key, names in (("server_ttft_s", (_TTFT_H,)), ("server_itl_s", ITL_HISTOGRAMS)):
         for name in names:
             s1, c1 = sample_sum(after, name + "_sum"), sample_sum(after, name + "_count")
             s0, c0 = sample_sum(before, name + "_sum"), sample_sum(before, name + "_count")

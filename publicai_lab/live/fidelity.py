@@ -27,7 +27,7 @@ engine was from its calibration and the error at that measured speed (``docs/fid
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -121,15 +121,15 @@ def engine_itl_totals(server_url: str) -> tuple[float, float] | None:
     path and of the client's clock."""
     import urllib.request
 
+    from publicai_lab.live.calibrate import ITL_HISTOGRAMS, _root_url
     from publicai_lab.live.metrics import parse_prometheus, sample_sum
 
-    root = server_url.rstrip("/").removesuffix("/v1")
     try:
-        with urllib.request.urlopen(root + "/metrics", timeout=10) as resp:
+        with urllib.request.urlopen(_root_url(server_url) + "/metrics", timeout=10) as resp:
             samples = parse_prometheus(resp.read().decode())
     except OSError:
         return None
-    for name in ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"):
+    for name in ITL_HISTOGRAMS:
         total, count = sample_sum(samples, name + "_sum"), sample_sum(samples, name + "_count")
         if total is not None and count is not None:
             return float(total), float(count)
@@ -146,11 +146,9 @@ def mean_itl_s(frame: pd.DataFrame) -> float:
 
 def scaled_step_times(perf: Any, factor: float) -> Any:
     """``perf`` with every step-time coefficient times ``factor``; the frontend's terms unchanged."""
-    from dataclasses import replace
+    from publicai_lab.live.calibrate import COEFFS
 
-    return replace(perf, c0_s=perf.c0_s * factor, c_prefill_s=perf.c_prefill_s * factor,
-                   c_prefill_sq_s=perf.c_prefill_sq_s * factor, c_decode_s=perf.c_decode_s * factor,
-                   c_ctx_s=perf.c_ctx_s * factor, source=f"{perf.source} ×{factor:.3f}")
+    return replace(perf, **{k: getattr(perf, k) * factor for k in COEFFS}, source=f"{perf.source} ×{factor:.3f}")
 
 
 def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 300, repeats: int = 3,
@@ -221,20 +219,14 @@ def step_time_factor_for_itl(scenario: Any, itl_s: float, *, requests: int, lo: 
     def run(f: float) -> Any:
         return simulate(one_server_scenario(scenario, scaled_step_times(perf, f)), requests=requests, progress=False)
 
-    best = None
     for _ in range(40):
         mid = math.sqrt(lo * hi)
         res = run(mid)
         itl = mean_itl_s(res.requests)
-        best = (mid, res)
         if not math.isfinite(itl) or abs(itl / itl_s - 1.0) <= rel_tol:
             break
-        if itl < itl_s:
-            lo = mid
-        else:
-            hi = mid
-    assert best is not None
-    return best
+        lo, hi = (mid, hi) if itl < itl_s else (lo, mid)
+    return mid, res
 
 
 @dataclass
