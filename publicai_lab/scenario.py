@@ -262,6 +262,9 @@ class PerfCoefficients(_Model):
                                       "not engine time.")
     frontend_busy_s: float = Field(0.0, ge=0, description="Part of request_overhead_s during which the "
                                    "frontend can take no other request (requests queue for it), s.")
+    request_overhead_per_stream_s: float = Field(0.0, ge=0, description="What each other request in flight "
+                                                 "at the same server adds to request_overhead_s (its frontend "
+                                                 "streams their tokens), s.")
 
 
 def _perf_model_file(name: str) -> str:

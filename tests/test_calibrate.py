@@ -152,3 +152,25 @@ def test_committed_cpu_fit_loads_and_is_plausible():
     assert 0.001 < m.c0_s < 0.010            # a few ms per step: Python + the tiny model on one core
     assert 0 < m.c_prefill_s < 1e-4
     assert 0 < m.request_overhead_s < 0.05
+
+
+def test_recovers_the_per_stream_frontend_latency():
+    """An emulated server whose frontend adds 1 ms for every other request in flight: the chat
+    requests beside 0, 3 and 11 running streams recover that slope, and the lone-request overhead."""
+    truth = replace(TRUTH, request_overhead_s=0.004, request_overhead_per_stream_s=0.001)
+    b = EmulatedBackend("emu/model", engine=replace(default_engine_params(), perf=truth))
+    with serve_many([b]) as urls:
+        cal = calibrate(urls[0], "emu/model", prompt_lengths=(32, 256), concurrencies=(1, 4, 12),
+                        output_lengths=(48,), repeats=1, frontend_burst=0, stream_probes=12)
+    assert cal.model.request_overhead_per_stream_s == pytest.approx(0.001, rel=0.3)
+    assert cal.request_overhead_s == pytest.approx(0.004, abs=0.002)
+    levels = {r["others"]: r for r in cal.meta["stream_probe_levels"]}
+    assert sorted(levels) == [0, 3, 11] and all(r["probes"] == 12 for r in levels.values())
+    assert levels[11]["gap_p50_s"] - levels[0]["gap_p50_s"] == pytest.approx(0.011, rel=0.3)
+    assert "running streams" in cal.to_markdown()
+
+
+def test_no_per_stream_latency_where_there_is_none(calibration):
+    """The emulator of the main fixture has no frontend: the measured slope stays near 0."""
+    assert calibration.model.request_overhead_per_stream_s < 3e-4
+    assert len(calibration.meta["stream_probe_levels"]) == 3

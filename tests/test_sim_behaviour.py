@@ -292,3 +292,23 @@ def test_the_frontend_queues_requests_that_come_faster_than_it_serves_them():
     busy = run(d).requests
     added_s = busy["ttft_s"].mean() - free["ttft_s"].mean()
     assert added_s == pytest.approx(0.008 + 0.016, rel=0.10)
+
+
+def test_each_request_in_flight_adds_the_per_stream_latency():
+    """``request_overhead_per_stream_s``: the frontend's latency grows with the requests already in
+    flight at its server (it streams their tokens on the same core), spread over its servers."""
+    from publicai_lab.sim.frontend import Frontend
+
+    fe = Frontend(servers=1, overhead_s=0.008, per_stream_s=0.002)
+    assert [fe.delay_s(0.0, 0.0, n) for n in (0, 1, 5)] == pytest.approx([0.008, 0.010, 0.018])
+    two = Frontend(servers=2, overhead_s=0.008, per_stream_s=0.002)
+    assert two.delay_s(0.0, 0.0, 4) == pytest.approx(0.012)             # two others a server
+    # in the simulator: Poisson arrivals see TTFT grow with the requests in flight when they come
+    d = single_cluster(requests=2_000, rate_per_s=40.0, max_num_seqs=64, c0_s=0.002)
+    base = run(d).requests
+    d["partners"][0]["clusters"][0]["perf_model"].update(request_overhead_per_stream_s=0.001)
+    slowed = run(d).requests
+    # Little: about rate × E2E requests in flight at an arrival, each adding 1 ms
+    in_flight = 40.0 * base["e2e_s"].mean()
+    added_s = slowed["ttft_s"].mean() - base["ttft_s"].mean()
+    assert added_s == pytest.approx(0.001 * in_flight, rel=0.25)

@@ -53,7 +53,7 @@ from publicai_lab.live._sync import run_sync
 from publicai_lab.errors import PublicAILabError
 from publicai_lab.perf.step_time import StepTimeModel
 
-__all__ = ["calibrate", "calibrate_async", "Calibration", "fit_observations", "decode_windows",
+__all__ = ["calibrate", "calibrate_async", "Calibration", "fit_observations", "fit_per_stream", "decode_windows",
            "QUICK", "FULL", "add_cli"]
 
 #: the default sweeps. QUICK fits in well under a minute on one CPU core with the tiny model.
@@ -166,12 +166,20 @@ class Calibration:
         c = self.model.coefficients()
         lines = [f"## Calibration of `{self.meta.get('model', '?')}` at {self.meta.get('target', '?')}", "",
                  "| coefficient | value |", "| --- | --- |"]
-        lines += [f"| {k}{' (frontend latency, not step time)' if k == 'request_overhead_s' else ''} | {v:.4g} |"
-                  for k, v in c.items()]
+        notes = {"request_overhead_s": " (frontend latency, not step time)",
+                 "request_overhead_per_stream_s": " (added by each running stream)"}
+        lines += [f"| {k}{notes.get(k, '')} | {v:.4g} |" for k, v in c.items()]
         lines += ["",
                   f"R² {self.r2:.4f} overall, " + ", ".join(f"{k} {v:.4f}" for k, v in self.r2_by_kind.items())
                   + f"; n = {self.n}; median |relative residual| "
                   f"{float(self.observations['rel_residual'].abs().median()) * 100 if self.n else math.nan:.1f} %."]
+        levels = self.meta.get("stream_probe_levels") or []
+        if levels:
+            lines += ["", "Chat requests beside running streams (`request_overhead_per_stream_s` is the slope of the gap):",
+                      "", "| running streams | requests | TTFT p50 ms | gap to the engine's share, p50 ms |",
+                      "| --- | --- | --- | --- |"]
+            lines += [f"| {r['others']} | {r['probes']} | {r['ttft_p50_s'] * 1e3:.1f} | {r['gap_p50_s'] * 1e3:.1f} |"
+                      for r in levels]
         if not self.cells.empty:
             lines += ["", "| P | B | n | client TTFT ms | server TTFT ms | client ITL ms | server ITL ms | groups |",
                       "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -405,6 +413,17 @@ class _Client:
                     prompt_tokens = obj["usage"].get("prompt_tokens")
         return first, prompt_tokens
 
+    async def chat_drain(self, text: str, max_tokens: int) -> None:
+        """A streamed chat request read to its end: a running stream, as the load generator keeps."""
+        payload = {"model": self.model, "messages": [{"role": "user", "content": text}],
+                   "max_tokens": int(max_tokens), "stream": True, "ignore_eos": True, "temperature": 0.0}
+        async with self.session.post(self.root + "/v1/chat/completions", json=payload, headers=self.headers) as resp:
+            if resp.status != 200:
+                body = (await resp.text())[:300]
+                raise CalibrationError(f"{self.root}/v1/chat/completions answered HTTP {resp.status}: {body}")
+            async for _ in resp.content:
+                pass
+
     async def stream(self, prompt_ids: list[int], max_tokens: int, t0: float) -> _Trace:
         payload = {"model": self.model, "prompt": prompt_ids, "max_tokens": int(max_tokens), "stream": True,
                    "ignore_eos": True, "temperature": 0.0, "return_token_ids": True,
@@ -444,7 +463,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           output_lengths: Sequence[int] = QUICK["output_lengths"], repeats: int = QUICK["repeats"],
                           warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "client",
                           overhead_endpoint: str = "chat", overhead_probes: int = 16, frontend_burst: int = 16,
-                          shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
+                          stream_probes: int = 12, shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
     import aiohttp
@@ -575,7 +594,21 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             else:
                 busy = min(measured, overhead)
                 busy_note = f"median TTFT slope of 3 bursts of {frontend_burst} chat requests"
-        fitted = replace(fitted, request_overhead_s=overhead, frontend_busy_s=busy)
+        per_stream, per_stream_note, stream_levels = 0.0, "not measured", pd.DataFrame()
+        levels = [c for c in sorted(concurrencies)
+                  if kv_tokens is None or c * (int(np.median(prompt_lengths)) + int(np.median(output_lengths)))
+                  <= 0.9 * kv_tokens]
+        if overhead_endpoint == "chat" and stream_probes > 0 and len(levels) >= 2:
+            measured = await _per_stream_probes(client, int(np.median(prompt_lengths)),
+                                                int(np.median(output_lengths)), levels, stream_probes, seed)
+            if isinstance(measured, str):
+                per_stream_note = f"stream probes failed ({measured})"
+            else:
+                per_stream, stream_levels = fit_per_stream(measured, fitted, int(np.median(output_lengths)))
+                per_stream_note = (f"slope of the median chat TTFT gap beside 0–{max(levels) - 1} running streams "
+                                   f"({stream_probes} requests a level)")
+        fitted = replace(fitted, request_overhead_s=overhead, frontend_busy_s=busy,
+                         request_overhead_per_stream_s=per_stream)
         wall_s = time.perf_counter() - t0
     y, yhat = obs["observed_s"].to_numpy(), obs["predicted_s"].to_numpy()
     r2_kind = {k: _r2(y[(obs["kind"] == k).to_numpy()], yhat[(obs["kind"] == k).to_numpy()])
@@ -590,7 +623,12 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             "sweep": {"prompt_lengths": list(map(int, prompt_lengths)), "concurrencies": list(map(int, concurrencies)),
                       "output_lengths": list(map(int, output_lengths)), "repeats": int(repeats)},
             "skipped_cells": skipped, "kv_capacity_tokens": kv_tokens, "wall_s": round(wall_s, 2),
-            "request_overhead": overhead_note, "frontend_busy": busy_note, "request_overhead_completions_s": _round(overhead_fit),
+            "request_overhead": overhead_note, "frontend_busy": busy_note,
+            "request_overhead_per_stream": per_stream_note,
+            "stream_probe_levels": [{"others": int(r.others), "probes": int(r.probes),
+                                     "ttft_p50_s": _round(r.ttft_p50_s), "gap_p50_s": _round(r.gap_p50_s)}
+                                    for r in stream_levels.itertuples(index=False)],
+            "request_overhead_completions_s": _round(overhead_fit),
             "client_minus_server_ttft_s": _round(api_overhead)}
     return Calibration(model=fitted, r2=_r2(y, yhat), r2_by_kind=r2_kind,
                        observations=obs, cells=cells_df, meta=meta)
@@ -652,6 +690,67 @@ async def _chat_frontend_busy_s(client: _Client, model: StepTimeModel, prompt_to
     return max(0.0, float(np.median(slopes)))
 
 
+async def _per_stream_probes(client: _Client, prompt_tokens: int, output_tokens: int, levels: Sequence[int],
+                             probes: int, seed: int) -> list[tuple[int, float, int]] | str:
+    """Lone chat requests beside running streams: for each level c, c − 1 streamed chat requests
+    of the sweep's median shape are kept running (each replaced when it ends) while ``probes`` chat
+    requests go one at a time, 50–150 ms apart. Returns (others, TTFT, served prompt tokens) per
+    probe, or a string saying why there are none."""
+    from publicai_lab.live.loadgen import PromptBuilder
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x57EA]))
+    builder = PromptBuilder(rng)
+    answers: list[tuple[int, float, int]] = []
+
+    async def keep_running(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await client.chat_drain(builder.text(prompt_tokens), output_tokens)
+
+    for level in levels:
+        others = max(0, int(level) - 1)
+        stop = asyncio.Event()
+        streams = [asyncio.create_task(keep_running(stop)) for _ in range(others)]
+        try:
+            if others:
+                await asyncio.sleep(0.5)                     # every stream past its prefill
+            for _ in range(probes):
+                await asyncio.sleep(float(rng.uniform(0.05, 0.15)))
+                if any(t.done() for t in streams):           # a stream failed: say why
+                    streams[[t.done() for t in streams].index(True)].result()
+                ttft, served = await client.chat_ttft(builder.text(prompt_tokens))
+                if served and math.isfinite(ttft):
+                    answers.append((others, ttft, int(served)))
+        except (CalibrationError, OSError, ValueError) as exc:
+            return str(exc)[:200]
+        finally:
+            stop.set()
+            await asyncio.gather(*streams, return_exceptions=True)
+    return answers or "no usable chat answers"
+
+
+def fit_per_stream(answers: Sequence[tuple[int, float, int]], model: StepTimeModel,
+                   output_tokens: int) -> tuple[float, pd.DataFrame]:
+    """The slope of the frontend's latency over the streams running beside a request.
+
+    A probe's gap is its TTFT minus the engine's share as the simulator has it: half a decode step
+    of the ``others`` streams (the step it arrives into, on average) and the step that holds its
+    prefill beside them. The slope is the least-squares line through the median gap at each
+    level (medians: the TTFT under streaming has a long tail), clipped at 0."""
+    rows = []
+    for others, ttft, served in answers:
+        ctx = others * (served + 0.5 * output_tokens)
+        engine = (0.5 * model.step_s(0, others, ctx) if others else 0.0) + model.step_s(served, others, ctx,
+                                                                                      float(served) ** 2)
+        rows.append({"others": others, "ttft_s": ttft, "gap_s": ttft - engine})
+    probes = pd.DataFrame(rows)
+    levels = probes.groupby("others").agg(probes=("gap_s", "size"), ttft_p50_s=("ttft_s", "median"),
+                                          gap_p50_s=("gap_s", "median")).reset_index()
+    if len(levels) < 2:
+        return 0.0, levels
+    slope = float(np.polyfit(levels["others"].to_numpy(float), levels["gap_p50_s"].to_numpy(float), 1)[0])
+    return max(0.0, slope), levels
+
+
 def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     """Profile the server at ``target`` serving ``model`` and fit the step-time model.
 
@@ -666,6 +765,9 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     "completions": the value fitted beside the token-id prefill rows),
     ``frontend_burst`` (chat requests sent at once, three times, to measure the frontend's busy
     time per request ``frontend_busy_s`` — the part requests queue for; 0 or 1: not measured),
+    ``stream_probes`` (12: lone chat requests at each concurrency c of the sweep, beside c − 1
+    running chat streams, to measure ``request_overhead_per_stream_s`` — what each running stream
+    adds to a new request's frontend latency, see :func:`fit_per_stream`; 0: not measured),
     ``shuffle`` (default True: the cells in a seeded random order, so that a drift of the engine's
     speed during the sweep is noise in the fit, not a bias of one coefficient),
     ``api_key``, ``seed`` (prompt token draws and the cell order), ``progress`` (True: a bar; a callable
@@ -687,7 +789,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.repeats is not None:
         sweep["repeats"] = args.repeats
     cal = calibrate(args.target, args.model, **sweep, prefill_sq=args.prefill_sq, timing=args.timing,
-                    hardware=args.hardware, api_key=args.api_key, seed=args.seed,
+                    hardware=args.hardware, api_key=args.api_key, seed=args.seed, stream_probes=args.stream_probes,
                     progress=None if args.quiet else True)
     path = cal.save(args.out)
     print(cal.to_markdown())
@@ -720,6 +822,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--prefill-sq", action="store_true", help="also fit c_prefill_sq_s (attention's P² term)")
     p.add_argument("--timing", choices=("client", "server"), default="client",
                    help="prefill rows from client TTFT (default) or vLLM's TTFT histogram")
+    p.add_argument("--stream-probes", type=int, default=12,
+                   help="chat requests at each concurrency beside running streams, to measure what a running "
+                        "stream adds to the frontend's latency (default 12; 0: skip)")
     p.add_argument("--api-key", help="bearer token, if the target wants one")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt token draws")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

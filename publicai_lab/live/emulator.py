@@ -540,7 +540,7 @@ class EmulatedBackend:
             if not self.zero_latency and self._frontend is not None:
                 # the frontend's queue before the engine sees the request, as in the simulator
                 now = asyncio.get_running_loop().time()
-                await asyncio.sleep(self._frontend.delay_s(now, now))
+                await asyncio.sleep(self._frontend.delay_s(now, now, self.in_flight - 1))
             if self.zero_latency:
                 await self._answer_now(send, fmt, prompt_tokens, out_tokens, stream, include_usage)
             elif stream:

@@ -58,7 +58,8 @@ def engine_params_for(scenario: Any, partner: Any, cluster: Any) -> EngineParams
         perf = StepTimeModel(c0_s=pm.c0_s, c_prefill_s=pm.c_prefill_s, c_prefill_sq_s=pm.c_prefill_sq_s,
                              c_decode_s=pm.c_decode_s, c_ctx_s=pm.c_ctx_s,
                              request_overhead_s=pm.request_overhead_s,
-                             frontend_busy_s=pm.frontend_busy_s, source="inline")
+                             frontend_busy_s=pm.frontend_busy_s,
+                             request_overhead_per_stream_s=pm.request_overhead_per_stream_s, source="inline")
     eng = cluster.engine
     if eng.kv_cache_tokens is not None:
         tokens = int(eng.kv_cache_tokens)

