@@ -161,7 +161,8 @@ def test_recovers_the_per_stream_frontend_latency():
     b = EmulatedBackend("emu/model", engine=replace(default_engine_params(), perf=truth))
     with serve_many([b]) as urls:
         cal = calibrate(urls[0], "emu/model", prompt_lengths=(32, 256), concurrencies=(1, 4, 12),
-                        output_lengths=(48,), repeats=1, frontend_burst=0, stream_probes=12)
+                        output_lengths=(48,), repeats=1, frontend_burst=0, stream_probes=12,
+                        stream_levels=(1, 4, 12))
     assert cal.model.request_overhead_per_stream_s == pytest.approx(0.001, rel=0.3)
     assert cal.request_overhead_s == pytest.approx(0.004, abs=0.002)
     levels = {r["others"]: r for r in cal.meta["stream_probe_levels"]}
@@ -173,4 +174,4 @@ def test_recovers_the_per_stream_frontend_latency():
 def test_no_per_stream_latency_where_there_is_none(calibration):
     """The emulator of the main fixture has no frontend: the measured slope stays near 0."""
     assert calibration.model.request_overhead_per_stream_s < 3e-4
-    assert len(calibration.meta["stream_probe_levels"]) == 3
+    assert [r["others"] for r in calibration.meta["stream_probe_levels"]] == [0, 1, 3, 7]  # STREAM_LEVELS

