@@ -156,7 +156,8 @@ def test_committed_cpu_fit_loads_and_is_plausible():
 
 def test_recovers_the_per_stream_frontend_latency():
     """An emulated server whose frontend adds 1 ms for every other request in flight: the chat
-    requests beside 0, 3 and 11 running streams recover that slope, and the lone-request overhead."""
+    requests beside 0, 3 and 11 running streams recover that slope (0.97–1.00 ms in three runs),
+    and the lone-request overhead."""
     truth = replace(TRUTH, request_overhead_s=0.004, request_overhead_per_stream_s=0.001)
     b = EmulatedBackend("emu/model", engine=replace(default_engine_params(), perf=truth))
     with serve_many([b]) as urls:
@@ -164,7 +165,8 @@ def test_recovers_the_per_stream_frontend_latency():
                         output_lengths=(48,), repeats=1, frontend_burst=0, stream_probes=12,
                         stream_levels=(1, 4, 12))
     assert cal.model.request_overhead_per_stream_s == pytest.approx(0.001, rel=0.3)
-    assert cal.request_overhead_s == pytest.approx(0.004, abs=0.002)
+    # the lone-request overhead also holds the emulator's own HTTP path (1.3–2.3 ms in three runs)
+    assert 0.004 <= cal.request_overhead_s <= 0.004 + 0.0035
     levels = {r["others"]: r for r in cal.meta["stream_probe_levels"]}
     assert sorted(levels) == [0, 3, 11] and all(r["probes"] == 12 for r in levels.values())
     assert levels[11]["gap_p50_s"] - levels[0]["gap_p50_s"] == pytest.approx(0.011, rel=0.3)

