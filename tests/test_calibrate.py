@@ -39,7 +39,7 @@ def emulated_url():
 @pytest.fixture(scope="module")
 def calibration(emulated_url) -> Calibration:
     return calibrate(emulated_url, "emu/model", prompt_lengths=(32, 256, 768), concurrencies=(1, 4, 12),
-                     output_lengths=(48,), repeats=2, hardware="emulator")
+                     output_lengths=(48,), repeats=2, hardware="emulator", stream_probes=12)
 
 
 def test_recovers_known_coefficients(calibration):
