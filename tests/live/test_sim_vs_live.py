@@ -17,8 +17,9 @@ TTFT) over seven runs, once −25 % beside a 3 % live spread (docs/fidelity.md, 
 simulator was before the API server moved off the engine's core (2–3× too fast: −50 … −67 %).
 
 The engine's own speed during the repeats (vLLM's inter-token latency in ``/metrics``) is read too,
-and the simulation rerun at that speed must be within 15 % plus the live spread on E2E p50 and p90:
-that holds the model (batching, queueing) to a real bound with the machine's drift taken out.
+and the simulation rerun at that speed must be within 15 % plus the live spread on E2E p50 and p90
+and TTFT p50: that holds the model (batching, queueing, the frontend) to a real bound with the
+machine's drift taken out.
 """
 
 from __future__ import annotations
@@ -75,9 +76,13 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(v
     assert (t["rel_error"].abs() <= bound).all(), result.to_markdown()
     # the engine's own inter-token latency was read from vLLM's /metrics around every repeat, and at
     # that measured speed the model's E2E (batching, queueing) must be close: conditioned E2E errors
-    # were -7.5 ... +6.6 % in seven runs at this level (docs/fidelity.md §4). TTFT is left to the gross
-    # guard: at the measured speed it was -33 ... +0.3 % (the frontend's core is shared with the client)
+    # were -7.5 ... +6.6 % in seven runs at this level (docs/fidelity.md §4). TTFT too, now that the
+    # frontend's latency grows with the streams it serves (request_overhead_per_stream_s, measured by
+    # the calibration beside 0-7 running streams): at the measured speed -8.9 and +2.2 % in runs P and Q,
+    # where the model without that term gave -33 ... +0.3 % (docs/fidelity.md §6)
+    assert [lvl["others"] for lvl in cal.meta["stream_probe_levels"]] == [0, 1, 3, 7], cal.meta
     assert len(result.levels[0.25].engine_itls_s) == 3, result.to_markdown()
     assert abs(t.loc["e2e_p50_s", "engine_drift"]) < 1.0, result.to_markdown()
-    e2e = t.loc[["e2e_p50_s", "e2e_p90_s"]]
-    assert (e2e["conditioned_error"].abs() <= CONDITIONED_ERROR + e2e["live_spread"]).all(), result.to_markdown()
+    judged = t.loc[["e2e_p50_s", "e2e_p90_s", "ttft_p50_s"]]
+    assert (judged["conditioned_error"].abs() <= CONDITIONED_ERROR + judged["live_spread"]).all(), \
+        result.to_markdown()
