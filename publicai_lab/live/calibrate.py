@@ -354,6 +354,29 @@ class _Client:
     def __init__(self, session: Any, root: str, model: str, headers: dict[str, str], timeout_s: float) -> None:
         self.session, self.root, self.model, self.headers, self.timeout_s = session, root, model, headers, timeout_s
         self.has_metrics = True
+        self.tokens_per_word, self.overhead_tokens = 1.0, 0.0
+
+    async def fit_words(self) -> None:
+        """Tokens per word of the chat prompts' words, from two chat requests' served prompt
+        tokens, so that a chat prompt "of P tokens" has about P (one word is ~3 tokens for the tiny
+        model: unfitted, the frontend's overhead was measured on prompts three times too long)."""
+        from publicai_lab.live.loadgen import PROMPT_WORDS
+
+        points = []
+        for words in (len(PROMPT_WORDS), 2 * len(PROMPT_WORDS)):
+            _, served = await self.chat_ttft(" ".join(PROMPT_WORDS[i % len(PROMPT_WORDS)] for i in range(words)))
+            if not served:
+                return
+            points.append((words, served))
+        probe = self.builder(np.random.default_rng(0))
+        probe.fit(points[0][0], points[0][1], points[1][0], points[1][1])
+        self.tokens_per_word, self.overhead_tokens = probe.tokens_per_word, probe.overhead_tokens
+
+    def builder(self, rng: np.random.Generator) -> Any:
+        """A chat prompt builder with this server's tokens per word."""
+        from publicai_lab.live.loadgen import PromptBuilder
+
+        return PromptBuilder(rng, tokens_per_word=self.tokens_per_word, overhead_tokens=self.overhead_tokens)
 
     async def get_json(self, path: str) -> Any:
         async with self.session.get(self.root + path, headers=self.headers) as resp:
@@ -527,6 +550,8 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         done = 0
         # lone chat requests spread evenly over the sweep measure the frontend's latency: on a shared
         # host the server's speed drifts, and the overhead should average over the same minutes as the fit
+        if overhead_endpoint == "chat":
+            await client.fit_words()
         chat = _ChatProbes(client, int(np.median(prompt_lengths)), seed)
         n_chat = overhead_probes if overhead_endpoint == "chat" else 0
         chat_after = {int(i) for i in np.linspace(0, len(cells) - 1, n_chat).round()} if n_chat > 0 else set()
@@ -536,6 +561,8 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             if kv_tokens is not None and b * (p + n) > 0.9 * kv_tokens:
                 skipped.append(f"P={p} B={b} n={n}")
                 done += repeats
+                if bar is not None:
+                    bar.update(repeats)
                 continue
             ttfts, itls, server = [], [], []
             groups = 0
@@ -605,8 +632,16 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                   if kv_tokens is None or c * (int(np.median(prompt_lengths)) + int(np.median(output_lengths)))
                   <= 0.9 * kv_tokens]
         if overhead_endpoint == "chat" and stream_probes > 0 and len(levels) >= 2:
+            probe_bar = None
+            if progress is True:
+                from tqdm.auto import tqdm
+                probe_bar = tqdm(total=min(3, stream_probes) * len(levels), desc="frontend under streams",
+                                 unit="level")
             measured = await _per_stream_probes(client, int(np.median(prompt_lengths)),
-                                                int(np.median(output_lengths)), levels, stream_probes, seed)
+                                                int(np.median(output_lengths)), levels, stream_probes, seed,
+                                                on_visit=None if probe_bar is None else lambda: probe_bar.update(1))
+            if probe_bar is not None:
+                probe_bar.close()
             if isinstance(measured, str):
                 per_stream_note = f"stream probes failed ({measured})"
             else:
@@ -647,10 +682,8 @@ class _ChatProbes:
     client TTFT minus the fitted prefill step of the served prompt."""
 
     def __init__(self, client: _Client, prompt_tokens: int, seed: int) -> None:
-        from publicai_lab.live.loadgen import PromptBuilder
-
         self.client, self.prompt_tokens = client, prompt_tokens
-        self.builder = PromptBuilder(np.random.default_rng(np.random.SeedSequence([seed, 0xC4A7])))
+        self.builder = client.builder(np.random.default_rng(np.random.SeedSequence([seed, 0xC4A7])))
         self.answers: list[tuple[float, int]] = []
         self.error: str | None = None
 
@@ -678,9 +711,8 @@ async def _chat_frontend_busy_s(client: _Client, model: StepTimeModel, prompt_to
     """The frontend's busy time per chat request: ``burst`` lone-sized chat requests sent at once
     come out of a one-process frontend one after another, so their sorted TTFTs rise by its busy
     time a request (minus the engine's own marginal prefill cost). Median slope over ``rounds``."""
-    from publicai_lab.live.loadgen import PromptBuilder
 
-    builder = PromptBuilder(np.random.default_rng(np.random.SeedSequence([seed, 0xB0257])))
+    builder = client.builder(np.random.default_rng(np.random.SeedSequence([seed, 0xB0257])))
     slopes = []
     try:
         for _ in range(rounds):
@@ -698,17 +730,17 @@ async def _chat_frontend_busy_s(client: _Client, model: StepTimeModel, prompt_to
 
 
 async def _per_stream_probes(client: _Client, prompt_tokens: int, output_tokens: int, levels: Sequence[int],
-                             probes: int, seed: int, rounds: int = 3) -> list[tuple[int, float, int]] | str:
+                             probes: int, seed: int, rounds: int = 3,
+                             on_visit: Callable[[], None] | None = None) -> list[tuple[int, float, int]] | str:
     """Lone chat requests beside running streams: at each level c, c − 1 streamed chat requests of
     the sweep's median shape are kept running (each replaced when it ends) while chat requests go
     one at a time, 50–150 ms apart. ``probes`` a level in all, over ``rounds`` visits in a fresh
     random order each round: the host's speed drifts over tens of seconds, and one ascending pass
     would read that drift as a slope. Returns (others, TTFT, served prompt tokens) per request,
     or a string saying why there are none."""
-    from publicai_lab.live.loadgen import PromptBuilder
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x57EA]))
-    builder = PromptBuilder(rng)
+    builder = client.builder(rng)
     answers: list[tuple[int, float, int]] = []
     rounds = max(1, min(int(rounds), int(probes)))
     per_visit = [len(part) for part in np.array_split(np.arange(int(probes)), rounds)]
@@ -737,6 +769,8 @@ async def _per_stream_probes(client: _Client, prompt_tokens: int, output_tokens:
             finally:
                 stop.set()
                 await asyncio.gather(*streams, return_exceptions=True)
+            if on_visit is not None:
+                on_visit()
     return answers or "no usable chat answers"
 
 

