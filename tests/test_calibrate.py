@@ -174,6 +174,8 @@ def test_recovers_the_per_stream_frontend_latency():
 
 
 def test_no_per_stream_latency_where_there_is_none(calibration):
-    """The emulator of the main fixture has no frontend: the measured slope stays near 0."""
-    assert calibration.model.request_overhead_per_stream_s < 3e-4
-    assert [r["others"] for r in calibration.meta["stream_probe_levels"]] == [0, 1, 3, 7]  # STREAM_LEVELS
+    """The emulator of the main fixture has no frontend: the measured slope stays well below the
+    1 ms of the test above. Not 0: the emulator and this client share one process and its event
+    loop, which 15 streams slow (0.13–0.36 ms a stream in three runs)."""
+    assert calibration.model.request_overhead_per_stream_s < 6e-4
+    assert [r["others"] for r in calibration.meta["stream_probe_levels"]] == [0, 1, 3, 7, 15]  # STREAM_LEVELS

@@ -13,7 +13,7 @@ With both times 0 (published GPU fits) it costs nothing and changes nothing.
 Its streaming work (detokenising, SSE for every running request) shares that process's core, so a
 new request's way in and its first token wait behind it: each other request in flight at the
 server adds ``request_overhead_per_stream_s`` to the delay. That is a slope measured in the
-frontend's linear range (lone chat requests beside 0–7 running streams, ``calibrate``), not a
+frontend's linear range (lone chat requests beside 0–15 running streams, ``calibrate``), not a
 queue: on a time-sliced core the cost per token falls as batches grow, and a queue fed with
 per-token costs overloads where the real server does not (docs/fidelity.md §4, runs J and M).
 Past that range the real frontend saturates, which this delay does not follow (§6).
