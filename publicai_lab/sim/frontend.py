@@ -7,7 +7,7 @@ take no other request (``frontend_busy_s``, its CPU time); the rest (socket hops
 engine's next step) overlaps with other requests. So requests queue for the busy part, FIFO, one
 server per replica, and then wait out the rest. A frontend busy for most of its overhead
 saturates before its engine does (vLLM's single API process is a known bottleneck at high request
-rates); the calibrated CPU server here is busy only 0.7 ms of its ~16 ms (docs/fidelity.md).
+rates); the calibrated CPU server here is busy 0–2.6 ms of its 7–16 ms (docs/fidelity.md).
 With both times 0 (published GPU fits) it costs nothing and changes nothing.
 
 Its streaming work (detokenising, SSE for every running request) shares that process's core, so a
