@@ -28,6 +28,12 @@ vLLM's own ``/metrics`` histograms (``vllm:time_to_first_token_seconds``,
 them: their means per cell are reported beside the client timings, and ``timing="server"`` fits
 the prefill rows to the server-side TTFT (no HTTP overhead) instead.
 
+The frontend (the chat path the load generator and gateways use; prompts sized with a tokens-per-word
+fit from two chat requests): lone chat requests spread over the sweep give ``request_overhead_s``,
+bursts of them ``frontend_busy_s``, and chat requests beside c − 1 running chat streams
+(:data:`STREAM_LEVELS`) ``request_overhead_per_stream_s``, the latency each running stream adds
+(:func:`fit_per_stream`).
+
 Cells whose KV footprint B·(P+n) exceeds 90 % of the server's cache (``vllm:cache_config_info``)
 are skipped (they would preempt); groups where the B requests never all decode together (the
 server queued some: ``max_num_seqs`` < B) give no decode rows.
@@ -548,10 +554,10 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         cell_rows: list[dict[str, Any]] = []
         skipped: list[str] = []
         done = 0
+        if overhead_endpoint == "chat":
+            await client.fit_words()          # chat prompts "of P tokens" then have about P
         # lone chat requests spread evenly over the sweep measure the frontend's latency: on a shared
         # host the server's speed drifts, and the overhead should average over the same minutes as the fit
-        if overhead_endpoint == "chat":
-            await client.fit_words()
         chat = _ChatProbes(client, int(np.median(prompt_lengths)), seed)
         n_chat = overhead_probes if overhead_endpoint == "chat" else 0
         chat_after = {int(i) for i in np.linspace(0, len(cells) - 1, n_chat).round()} if n_chat > 0 else set()
