@@ -327,20 +327,15 @@ def _root_url(target: str) -> str:
 
 def _metric_means(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
     """Mean of TTFT and ITL histogram observations between two /metrics scrapes (NaN without)."""
-    from publicai_lab.live.metrics import sample_sum
+    from publicai_lab.live.metrics import histogram_totals
 
     out = {"server_ttft_s": math.nan, "server_itl_s": math.nan}
     if before is None or after is None:
         return out
     for key, names in (("server_ttft_s", (_TTFT_H,)), ("server_itl_s", ITL_HISTOGRAMS)):
-        for name in names:
-            s1, c1 = sample_sum(after, name + "_sum"), sample_sum(after, name + "_count")
-            s0, c0 = sample_sum(before, name + "_sum"), sample_sum(before, name + "_count")
-            if None in (s1, c1, s0, c0):
-                continue
-            if c1 - c0 > 0:  # type: ignore[operator]
-                out[key] = (s1 - s0) / (c1 - c0)  # type: ignore[operator]
-                break
+        t0, t1 = histogram_totals(before, names), histogram_totals(after, names)
+        if t0 is not None and t1 is not None and t1[1] > t0[1]:
+            out[key] = (t1[0] - t0[0]) / (t1[1] - t0[1])
     return out
 
 
@@ -424,12 +419,14 @@ class _Client:
             pass
         return list(_FALLBACK_IDS)
 
+    def _chat_payload(self, text: str, max_tokens: int) -> dict[str, Any]:
+        return {"model": self.model, "messages": [{"role": "user", "content": text}], "max_tokens": int(max_tokens),
+                "stream": True, "ignore_eos": True, "temperature": 0.0}
+
     async def chat_ttft(self, text: str) -> tuple[float, int | None]:
         """A lone streamed chat request (``max_tokens`` 2): client TTFT and the served prompt tokens.
         The chat path (template, text tokenisation) is what the load generator and gateways use."""
-        payload = {"model": self.model, "messages": [{"role": "user", "content": text}], "max_tokens": 2,
-                   "stream": True, "ignore_eos": True, "temperature": 0.0,
-                   "stream_options": {"include_usage": True}}
+        payload = {**self._chat_payload(text, 2), "stream_options": {"include_usage": True}}
         t0 = time.perf_counter()
         first, prompt_tokens = math.nan, None
         async with self.session.post(self.root + "/v1/chat/completions", json=payload, headers=self.headers) as resp:
@@ -449,8 +446,7 @@ class _Client:
 
     async def chat_drain(self, text: str, max_tokens: int) -> None:
         """A streamed chat request read to its end: a running stream, as the load generator keeps."""
-        payload = {"model": self.model, "messages": [{"role": "user", "content": text}],
-                   "max_tokens": int(max_tokens), "stream": True, "ignore_eos": True, "temperature": 0.0}
+        payload = self._chat_payload(text, max_tokens)
         async with self.session.post(self.root + "/v1/chat/completions", json=payload, headers=self.headers) as resp:
             if resp.status != 200:
                 body = (await resp.text())[:300]
@@ -558,7 +554,9 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             await client.fit_words()          # chat prompts "of P tokens" then have about P
         # lone chat requests spread evenly over the sweep measure the frontend's latency: on a shared
         # host the server's speed drifts, and the overhead should average over the same minutes as the fit
-        chat = _ChatProbes(client, int(np.median(prompt_lengths)), seed)
+        # the frontend's probes use the sweep's median request shape
+        probe_prompt, probe_output = int(np.median(prompt_lengths)), int(np.median(output_lengths))
+        chat = _ChatProbes(client, probe_prompt, seed)
         n_chat = overhead_probes if overhead_endpoint == "chat" else 0
         chat_after = {int(i) for i in np.linspace(0, len(cells) - 1, n_chat).round()} if n_chat > 0 else set()
         for cell_index, (p, b, n) in enumerate(cells):
@@ -626,8 +624,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                                                      f"over the sweep")
         busy, busy_note = 0.0, "not measured"
         if overhead_endpoint == "chat" and frontend_burst > 1:
-            measured = await _chat_frontend_busy_s(client, fitted, int(np.median(prompt_lengths)), frontend_burst,
-                                                   seed)
+            measured = await _chat_frontend_busy_s(client, fitted, probe_prompt, frontend_burst, seed)
             if isinstance(measured, str):
                 busy_note = f"burst probes failed ({measured})"
             else:
@@ -635,23 +632,21 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                 busy_note = f"median TTFT slope of 3 bursts of {frontend_burst} chat requests"
         per_stream, per_stream_note, probe_levels = 0.0, "not measured", pd.DataFrame()
         levels = [c for c in sorted(set(stream_levels))
-                  if kv_tokens is None or c * (int(np.median(prompt_lengths)) + int(np.median(output_lengths)))
-                  <= 0.9 * kv_tokens]
+                  if kv_tokens is None or c * (probe_prompt + probe_output) <= 0.9 * kv_tokens]
         if overhead_endpoint == "chat" and stream_probes > 0 and len(levels) >= 2:
             probe_bar = None
             if progress is True:
                 from tqdm.auto import tqdm
                 probe_bar = tqdm(total=min(3, stream_probes) * len(levels), desc="frontend under streams",
                                  unit="level")
-            measured = await _per_stream_probes(client, int(np.median(prompt_lengths)),
-                                                int(np.median(output_lengths)), levels, stream_probes, seed,
+            measured = await _per_stream_probes(client, probe_prompt, probe_output, levels, stream_probes, seed,
                                                 on_visit=None if probe_bar is None else lambda: probe_bar.update(1))
             if probe_bar is not None:
                 probe_bar.close()
             if isinstance(measured, str):
                 per_stream_note = f"stream probes failed ({measured})"
             else:
-                per_stream, probe_levels = fit_per_stream(measured, fitted, int(np.median(output_lengths)))
+                per_stream, probe_levels = fit_per_stream(measured, fitted, probe_output)
                 per_stream_note = (f"slope of the median chat TTFT gap beside {min(levels) - 1}–{max(levels) - 1} "
                                    f"running streams "
                                    f"({stream_probes} requests a level)")
@@ -765,8 +760,9 @@ async def _per_stream_probes(client: _Client, prompt_tokens: int, output_tokens:
                     await asyncio.sleep(0.5)                     # every stream past its prefill
                 for _ in range(visit):
                     await asyncio.sleep(float(rng.uniform(0.05, 0.15)))
-                    if any(t.done() for t in streams):           # a stream failed: say why
-                        streams[[t.done() for t in streams].index(True)].result()
+                    for t in streams:
+                        if t.done():                                 # a stream failed: say why
+                            t.result()
                     ttft, served = await client.chat_ttft(builder.text(prompt_tokens))
                     if served and math.isfinite(ttft):
                         answers.append((others, ttft, int(served)))

@@ -122,18 +122,14 @@ def engine_itl_totals(server_url: str) -> tuple[float, float] | None:
     import urllib.request
 
     from publicai_lab.live.calibrate import ITL_HISTOGRAMS, _root_url
-    from publicai_lab.live.metrics import parse_prometheus, sample_sum
+    from publicai_lab.live.metrics import histogram_totals, parse_prometheus
 
     try:
         with urllib.request.urlopen(_root_url(server_url) + "/metrics", timeout=10) as resp:
             samples = parse_prometheus(resp.read().decode())
     except OSError:
         return None
-    for name in ITL_HISTOGRAMS:
-        total, count = sample_sum(samples, name + "_sum"), sample_sum(samples, name + "_count")
-        if total is not None and count is not None:
-            return float(total), float(count)
-    return None
+    return histogram_totals(samples, ITL_HISTOGRAMS)
 
 
 def mean_itl_s(frame: pd.DataFrame) -> float:
@@ -185,7 +181,6 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
             ok = res.requests[res.requests["status"] == "ok"]
             log(f"  {rate_rps:.1f} req/s live {k + 1}/{repeats}: {len(ok)}/{len(res.requests)} ok, "
                 f"E2E p50 {ok['e2e_s'].median() * 1e3:.0f} ms")
-    notes = []
     sim = simulate(sc, requests=requests, progress=False)
     cmp = compare(sim.requests, live_repeats=lives, title=f"{scenario.name} at {rate_rps:.1f} req/s")
     level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests))
@@ -193,11 +188,10 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
         factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests)
         level.step_time_factor = factor
         level.conditioned = compare(cond.requests, live_repeats=lives, title=f"{cmp.title}, step times ×{factor:.3f}")
-        notes.append(f"engine inter-token latency (vLLM /metrics) per live repeat: "
-                     f"{' / '.join(f'{x * 1e3:.2f}' for x in engine_itls)} ms; simulated {level.sim_itl_s * 1e3:.2f} ms; "
-                     f"the simulation matches the median with step times ×{factor:.3f} "
-                     f"(engine drift {level.engine_drift:+.1%})")
-    cmp.notes.extend(notes)
+        cmp.notes.append(f"engine inter-token latency (vLLM /metrics) per live repeat: "
+                         f"{' / '.join(f'{x * 1e3:.2f}' for x in engine_itls)} ms; simulated "
+                         f"{level.sim_itl_s * 1e3:.2f} ms; the simulation matches the median with step times "
+                         f"×{factor:.3f} (engine drift {level.engine_drift:+.1%})")
     return level
 
 

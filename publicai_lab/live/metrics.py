@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from publicai_lab.errors import GatewayError
 
@@ -26,6 +26,7 @@ __all__ = [
     "EngineGauges",
     "Samples",
     "parse_prometheus",
+    "histogram_totals",
     "engine_gauges",
     "sample_sum",
     "histogram_buckets",
@@ -145,6 +146,16 @@ def sample_sum(samples: Samples, name: str, **match: str) -> float | None:
     (so that "absent" and "zero" stay distinguishable)."""
     vals = [v for labels, v in samples.get(name, ()) if _matches(labels, match)]
     return sum(vals) if vals else None
+
+
+def histogram_totals(samples: Samples, names: Sequence[str]) -> tuple[float, float] | None:
+    """(sum, count) of the first histogram of ``names`` the page has (a metric renamed across
+    versions: the current name first), or ``None``."""
+    for name in names:
+        total, count = sample_sum(samples, name + "_sum"), sample_sum(samples, name + "_count")
+        if total is not None and count is not None:
+            return float(total), float(count)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
