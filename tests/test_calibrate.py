@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -152,6 +153,25 @@ def test_committed_cpu_fit_loads_and_is_plausible():
     assert 0.001 < m.c0_s < 0.010            # a few ms per step: Python + the tiny model on one core
     assert 0 < m.c_prefill_s < 1e-4
     assert 0 < m.request_overhead_s < 0.05
+
+
+def test_committed_small_model_fit_loads_and_is_plausible():
+    """data/perf_models/small-llama_cpu_tp1.json (scenarios/small-cpu.yaml): the FULL sweep of the
+    25M-parameter model on one pinned core, R² 0.99 (docs/fidelity.md §7). Its step is arithmetic:
+    a prompt token costs tens of times what it costs the tiny model."""
+    from publicai_lab import load_scenario
+    from publicai_lab._data import perf_model_path
+    from publicai_lab.perf import load_perf_model
+
+    small, tiny = load_perf_model("small-llama_cpu_tp1"), load_perf_model("tiny-llama_cpu_tp1")
+    assert 0.003 < small.c0_s < 0.020
+    assert 1e-4 < small.c_prefill_s < 1e-3 and small.c_prefill_s > 10 * tiny.c_prefill_s
+    assert 0 < small.c_decode_s < 0.002 and small.request_overhead_per_stream_s > 0
+    meta = json.loads(Path(perf_model_path("small-llama_cpu_tp1")).read_text())
+    assert meta["model"] == "publicai-lab/small-llama" and meta["r2"] > 0.95
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "small-cpu.yaml")
+    assert sc.clusters()[0][1].perf_model == "small-llama_cpu_tp1"
+    assert set(sc.workload.models) == {meta["model"]}
 
 
 def test_recovers_the_per_stream_frontend_latency():

@@ -77,3 +77,32 @@ def test_engine_drift_is_measured_and_conditioning_on_it_removes_the_error():
     assert t.loc["e2e_p50_s", "engine_drift"] == pytest.approx(0.30, abs=0.08), result.to_markdown()
     assert abs(t.loc["e2e_p50_s", "conditioned_error"]) < 0.10, result.to_markdown()
     assert abs(t.loc["e2e_p90_s", "conditioned_error"]) < 0.12, result.to_markdown()
+
+
+def test_speed_anchor_reanchors_the_simulation_to_the_engine_it_measures():
+    """The same engine 30 % slower than its perf model: calibration groups around the repeats read
+    the slowdown (a calibration measurement, not the replay), and the simulation at that speed agrees
+    where the one at the calibration's speed is too fast."""
+    perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=2e-4, request_overhead_s=0.005)
+    sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"), perf)
+    slower = one_server_scenario(sc, scaled_step_times(perf, 1.3))
+    backend_id = sc.backend_id(*sc.clusters()[0])
+    with EmulatedBackend.from_scenario(slower, backend_id).serve() as url:
+        result = fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
+                                warmup_requests=20, engine_url=url, anchor=True)
+    t = result.table.set_index("metric")
+    level = result.levels[0.3]
+    assert len(level.anchor_factors) == 3, level.anchor_factors          # before each repeat, after the last
+    assert t.loc["e2e_p50_s", "anchor"] == pytest.approx(0.30, abs=0.08), result.to_markdown()
+    assert t.loc["e2e_p50_s", "unanchored_error"] < -0.15, result.to_markdown()
+    assert abs(t.loc["e2e_p50_s", "rel_error"]) < 0.10, result.to_markdown()
+    assert abs(t.loc["e2e_p90_s", "rel_error"]) < 0.12, result.to_markdown()
+    assert "speed anchor" in result.to_markdown()
+
+
+def test_speed_anchor_needs_the_server_itself():
+    from publicai_lab.errors import PublicAILabError
+    from publicai_lab.live.fidelity import fidelity_at
+    sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"))
+    with pytest.raises(PublicAILabError, match="engine_url"):
+        fidelity_at(sc, "http://127.0.0.1:9", 10.0, anchor=True)

@@ -233,6 +233,24 @@ def test_every_bundled_model_spec_is_valid() -> None:
     assert (tiny["hidden_size"], tiny["attention_heads"], tiny["kv_heads"], tiny["head_dim"]) == (128, 2, 1, 64)
 
 
+def test_the_locally_built_models_are_described_as_built() -> None:
+    """data/models.yaml's tiny-llama and small-llama say what live/tiny_model.py builds."""
+    from publicai_lab.live.tiny_model import GEOMETRIES, SERVED_MODEL_NAMES
+    specs = _data.model_specs()
+    for size, built in GEOMETRIES.items():
+        spec = specs[f"{size}-llama"]
+        assert spec["hub_id"] == SERVED_MODEL_NAMES[size]
+        g = spec["geometry"]
+        assert (g["layers"], g["hidden_size"], g["attention_heads"], g["kv_heads"], g["head_dim"],
+                g["vocab_size"], g["max_context_tokens"]) == (
+            built["num_hidden_layers"], built["hidden_size"], built["num_attention_heads"],
+            built["num_key_value_heads"], built["head_dim"], built["vocab_size"], built["max_position_embeddings"])
+        h, f, layers = built["hidden_size"], built["intermediate_size"], built["num_hidden_layers"]
+        kv = built["num_key_value_heads"] * built["head_dim"]
+        params = layers * (2 * h * h + 2 * h * kv + 3 * h * f) + built["vocab_size"] * h
+        assert abs(g["params_b"] * 1e9 - params) / params < 0.25, (size, params)
+
+
 def test_every_bundled_hardware_spec_is_valid() -> None:
     from publicai_lab.scenario import HardwareSpec
     hw = {k: HardwareSpec.model_validate(v) for k, v in _data.hardware_specs().items()}

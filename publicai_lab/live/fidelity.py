@@ -17,6 +17,8 @@ Even so the engine's speed drifts with the host (10–60 % from one minute to th
 L3 and Python's heap: ``benchmarks/host_noise.py``). With ``engine_url`` the table also reads the
 engine's own inter-token latency from vLLM's ``/metrics`` during the repeats and reports how far the
 engine was from its calibration and the error at that measured speed (``docs/fidelity.md`` §4).
+With ``anchor=True`` the simulation itself runs at the engine's speed re-measured by calibration
+groups around every level's repeats (:mod:`publicai_lab.live.anchor`; ``docs/fidelity.md`` §7).
 
     >>> from publicai_lab.live.fidelity import one_server_scenario, fidelity_table  # doctest: +SKIP
     >>> sc = one_server_scenario(load_scenario("scenarios/toy.yaml"), "tiny-llama_cpu_tp1")
@@ -148,7 +150,8 @@ def scaled_step_times(perf: Any, factor: float) -> Any:
 
 
 def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 300, repeats: int = 3,
-                warmup_requests: int = 50, engine_url: str | None = None, log: Log | None = None) -> LevelFidelity:
+                warmup_requests: int = 50, engine_url: str | None = None, anchor: bool = False,
+                anchor_model: str | None = None, log: Log | None = None) -> LevelFidelity:
     """Simulate and replay ``scenario`` at ``rate_rps`` (Poisson): a :class:`LevelFidelity` holding the
     comparison of the simulation against ``repeats`` live runs through ``target`` (a gateway or the server).
 
@@ -160,17 +163,38 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     simulation's equal their median is found (``engine_drift`` = factor − 1: how much slower the
     engine ran than calibrated), and that simulation compared too (``conditioned``): what the model
     predicts *given* the engine's speed during the repeats. A diagnostic that separates the model's
-    error from the machine's drift, not a prediction: the factor comes from the live runs."""
+    error from the machine's drift, not a prediction: the factor comes from the live runs.
+
+    ``anchor`` (needs ``engine_url``; ``anchor_model``: the name the server serves, default the
+    scenario's model): the engine's speed is re-measured with calibration groups
+    (:func:`~publicai_lab.live.anchor.speed_factor`) before every live repeat and after the last,
+    and the simulation runs at the median of those readings — the calibrated model, re-anchored to
+    the minutes of the replays. The simulation at the calibration's own speed is kept as
+    ``unanchored``."""
     from publicai_lab.analysis.compare import compare
     from publicai_lab.live.loadgen import run_live
+    from publicai_lab.perf import engine_params_for
     from publicai_lab.sim.run import simulate
 
+    if anchor and not engine_url:
+        raise PublicAILabError("fidelity_at: anchor=True needs engine_url (the vLLM server itself)")
     sc = scenario.with_overrides(rate_per_s=float(rate_rps))
+    partner, cluster = sc.clusters()[0]
+    perf = engine_params_for(sc, partner, cluster).perf
+    served = anchor_model or sc.resolve_model(cluster.model)
+
+    def read_anchor() -> float:
+        from publicai_lab.live.anchor import speed_factor
+
+        return speed_factor(str(engine_url), served, perf, seed=len(anchors))
+
     if warmup_requests:
         run_live(sc.with_overrides(seed=sc.seed + 1), target, requests=warmup_requests, progress=False,
                  run_id="warmup")
-    lives, engine_itls = [], []
+    lives, engine_itls, anchors = [], [], []
     for k in range(repeats):
+        if anchor:
+            anchors.append(read_anchor())
         before = engine_itl_totals(engine_url) if engine_url else None
         res = run_live(sc, target, requests=requests, progress=False, run_id=f"fidelity-{rate_rps:.1f}-{k}")
         after = engine_itl_totals(engine_url) if before else None
@@ -180,10 +204,22 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
         if log:
             ok = res.requests[res.requests["status"] == "ok"]
             log(f"  {rate_rps:.1f} req/s live {k + 1}/{repeats}: {len(ok)}/{len(res.requests)} ok, "
-                f"E2E p50 {ok['e2e_s'].median() * 1e3:.0f} ms")
+                f"E2E p50 {ok['e2e_s'].median() * 1e3:.0f} ms" + (f"; speed anchor ×{anchors[-1]:.3f}" if anchors else ""))
+    title = f"{scenario.name} at {rate_rps:.1f} req/s"
     sim = simulate(sc, requests=requests, progress=False)
-    cmp = compare(sim.requests, live_repeats=lives, title=f"{scenario.name} at {rate_rps:.1f} req/s")
-    level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests))
+    unanchored = None
+    if anchor:
+        anchors.append(read_anchor())
+        unanchored = compare(sim.requests, live_repeats=lives, title=f"{title}, at the calibration's speed")
+        factor = float(np.median(anchors))
+        sim = simulate(one_server_scenario(sc, scaled_step_times(perf, factor)), requests=requests, progress=False)
+        title += f", step times ×{factor:.3f} (speed anchor)"
+    cmp = compare(sim.requests, live_repeats=lives, title=title)
+    level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests),
+                          anchor_factors=anchors, unanchored=unanchored)
+    if anchors:
+        cmp.notes.append(f"speed anchors (calibration groups before each repeat and after the last): "
+                         f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at the median, ×{level.anchor_factor:.3f}")
     if engine_itls and level.sim_itl_s > 0:
         factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests)
         level.step_time_factor = factor
@@ -234,6 +270,13 @@ class LevelFidelity:
     sim_itl_s: float = math.nan
     step_time_factor: float = math.nan
     conditioned: Any = None
+    anchor_factors: list[float] = field(default_factory=list)
+    unanchored: Any = None
+
+    @property
+    def anchor_factor(self) -> float:
+        """The median speed-anchor reading the simulation ran at (NaN without anchors)."""
+        return float(np.median(self.anchor_factors)) if self.anchor_factors else math.nan
 
     @property
     def engine_drift(self) -> float:
@@ -250,7 +293,9 @@ class FidelityResult:
     Columns: level (fraction of saturation), rate_rps, metric, sim, live (median of the repeats),
     rel_error, live_spread ((max − min)/median), tolerance, judged (live_spread ≤ judge_spread),
     ok (|rel_error| ≤ tolerance), engine_drift and conditioned_error (NaN unless the server's
-    ``/metrics`` were read: see :func:`fidelity_at`), live_1 … live_k. ``saturation_rps`` is the
+    ``/metrics`` were read: see :func:`fidelity_at`), anchor (the speed anchor's median factor − 1)
+    and unanchored_error (the error at the calibration's own speed; both NaN without anchors),
+    live_1 … live_k. ``saturation_rps`` is the
     measured saturation; ``levels`` holds each level's :class:`LevelFidelity`.
     """
 
@@ -275,8 +320,18 @@ class FidelityResult:
                       "inter-token latency (vLLM's `/metrics`, median of the repeats), minus 1. Conditioned: the "
                       "simulation at that factor — a diagnostic that separates the model's error from the "
                       "machine's drift, not a prediction (the factor comes from the live runs).", ""]
+        anchored = "anchor" in self.table and self.table["anchor"].notna().any()
+        if anchored:
+            from publicai_lab.live.anchor import ANCHOR_SHAPE as a
+
+            lines += [f"Speed anchor: the engine's speed re-measured with calibration groups ({a['groups']} closed "
+                      f"groups of {a['concurrency']} requests of {a['prompt_tokens']} + {a['output_tokens']} tokens) "
+                      "before every live repeat and after the last; the simulation (sim, error, "
+                      "verdict) runs at the median reading, shown as how much slower (+) than calibrated. Error at "
+                      "the calibration's speed: the same simulation without it.", ""]
         head = ["load", "req/s", "metric", "sim ms", "live ms (median)", "live runs ms", "error", "live spread",
-                "tolerance", "verdict"] + (["engine drift", "conditioned error"] if drift else [])
+                "tolerance", "verdict"] + (["speed anchor", "error at calibration speed"] if anchored else []) \
+            + (["engine drift", "conditioned error"] if drift else [])
         lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         run_cols = [c for c in self.table.columns if c.startswith("live_") and c[5:].isdigit()]
         for r in self.table.to_dict("records"):
@@ -286,6 +341,8 @@ class FidelityResult:
             cells = [f"{r['level']:.0%}", f"{r['rate_rps']:.1f}", r["metric"], f"{r['sim'] * 1e3:.1f}",
                      f"{r['live'] * 1e3:.1f}", runs, f"{r['rel_error']:+.1%}", f"{r['live_spread']:.1%}",
                      f"±{r['tolerance']:.0%}", verdict]
+            if anchored:
+                cells += [f"{r['anchor']:+.1%}", f"{r['unanchored_error']:+.1%}"]
             if drift:
                 cells += [f"{r['engine_drift']:+.1%}", f"{r['conditioned_error']:+.1%}"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -298,10 +355,11 @@ class FidelityResult:
 def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVELS,
                    saturation_rps: float | None = None, requests: int = 300, repeats: int = 3,
                    tolerances: Mapping[str, float] = TOLERANCES, judge_spread: float = 0.10,
-                   warmup_requests: int = 100, engine_url: str | None = None,
-                   log: Log | None = None) -> FidelityResult:
+                   warmup_requests: int = 100, engine_url: str | None = None, anchor: bool = False,
+                   anchor_model: str | None = None, log: Log | None = None) -> FidelityResult:
     """Measure saturation (unless given), then :func:`fidelity_at` every level (``engine_url``: the
-    engine's measured speed beside every level, see there); see the module doc."""
+    engine's measured speed beside every level; ``anchor``: the simulation re-anchored to the
+    engine's speed by calibration groups around every level's repeats; see there); see the module doc."""
     from publicai_lab.live.loadgen import run_live
 
     if warmup_requests:
@@ -316,7 +374,7 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
         if log:
             log(f"level {level:.0%}: {rate:.1f} req/s")
         lf = fidelity_at(scenario, target, rate, requests=requests, repeats=repeats, engine_url=engine_url,
-                         log=log)
+                         anchor=anchor, anchor_model=anchor_model, log=log)
         levels_out[level] = lf
         t = lf.comparison.table
         for metric, tol in tolerances.items():
@@ -324,9 +382,12 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
             spread = float(row["live_spread"])
             err = float(row["rel_error"])
             cond_err = float(lf.conditioned.table.loc[metric, "rel_error"]) if lf.conditioned is not None else math.nan
+            unanchored_err = (float(lf.unanchored.table.loc[metric, "rel_error"]) if lf.unanchored is not None
+                              else math.nan)
             rows.append({"level": level, "rate_rps": rate, "metric": metric, "sim": float(row["sim"]),
                          "live": float(row["live"]), "rel_error": err, "live_spread": spread, "tolerance": tol,
                          "judged": bool(spread <= judge_spread), "ok": bool(abs(err) <= tol),
                          "engine_drift": lf.engine_drift, "conditioned_error": cond_err,
+                         "anchor": lf.anchor_factor - 1.0, "unanchored_error": unanchored_err,
                          **{c: float(row[c]) for c in t.columns if c.startswith("live_") and c[5:].isdigit()}})
     return FidelityResult(pd.DataFrame(rows), sat, judge_spread, levels_out)

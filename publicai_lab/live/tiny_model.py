@@ -7,6 +7,14 @@ attention kernel), one KV head, 2 layers, and a byte-level BPE tokenizer of 512 
 with ``tokenizers`` on a generated corpus, with a Llama-3-style chat template. Its output is
 gibberish; its *serving* path (tokenize, schedule, attend, sample, stream) is vLLM's real one.
 
+A second size, ``size="small"`` (hidden 768, 12 heads of 64, 4 KV heads, 4 layers, 25M
+parameters, 50 MB in bfloat16), is for timing. The tiny model's step is all Python (scheduler,
+input preparation, sampling), the kind of work whose speed this shared host moves most: its
+inter-token latency in 4-second windows varies by 15 % (sd/mean) and by 8 % between 30-second
+windows. The small model's weights outgrow the core's caches, so its step is mostly matrix
+arithmetic and memory traffic: 6.5 % and 4.3 % (docs/fidelity.md §7). Same tokenizer, same chat
+template; served as ``publicai-lab/small-llama``.
+
 Weights are drawn from a ``numpy.random.Generator`` seeded by ``seed`` (not torch's global RNG),
 and the tokenizer's corpus from the same seed, so a given seed gives byte-identical files.
 
@@ -29,8 +37,8 @@ import numpy as np
 
 from publicai_lab.errors import PublicAILabError
 
-__all__ = ["build_tiny_model", "is_complete", "TINY_GEOMETRY", "CHAT_TEMPLATE", "SERVED_MODEL_NAME",
-           "TOY_VLLM_ARGS", "add_cli"]
+__all__ = ["build_tiny_model", "is_complete", "TINY_GEOMETRY", "SMALL_GEOMETRY", "GEOMETRIES", "CHAT_TEMPLATE",
+           "SERVED_MODEL_NAME", "SERVED_MODEL_NAMES", "TOY_VLLM_ARGS", "add_cli"]
 
 #: the name the tiny model is served under (the model of scenarios/toy.yaml)
 SERVED_MODEL_NAME = "publicai-lab/tiny-llama"
@@ -54,6 +62,12 @@ TINY_GEOMETRY: dict[str, int] = {
     "vocab_size": 512,
     "max_position_embeddings": 2048,
 }
+#: the timing model: 25M parameters (50 MB in bf16, beyond the 32 MB L3 the core shares), about
+#: 11 ms a decode step for 8 sequences and 0.25 ms a prompt token on one core of the CI machine
+SMALL_GEOMETRY: dict[str, int] = {**TINY_GEOMETRY, "hidden_size": 768, "num_attention_heads": 12,
+                                  "num_key_value_heads": 4, "num_hidden_layers": 4, "intermediate_size": 2048}
+GEOMETRIES: dict[str, dict[str, int]] = {"tiny": TINY_GEOMETRY, "small": SMALL_GEOMETRY}
+SERVED_MODEL_NAMES: dict[str, str] = {"tiny": SERVED_MODEL_NAME, "small": "publicai-lab/small-llama"}
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
@@ -146,8 +160,8 @@ def _random_state_dict(rng: np.random.Generator, config) -> dict:  # -> dict[str
     return state
 
 
-def is_complete(path: str | os.PathLike[str], *, seed: int | None = None) -> bool:
-    """True if ``path`` holds a model built by this recipe version (and ``seed``, if given)."""
+def is_complete(path: str | os.PathLike[str], *, seed: int | None = None, size: str = "tiny") -> bool:
+    """True if ``path`` holds a model of ``size`` built by this recipe version (and ``seed``, if given)."""
     marker = Path(path) / MARKER
     try:
         meta = json.loads(marker.read_text())
@@ -157,27 +171,29 @@ def is_complete(path: str | os.PathLike[str], *, seed: int | None = None) -> boo
         return False
     if seed is not None and meta.get("seed") != seed:
         return False
+    if meta.get("geometry") != GEOMETRIES[size]:
+        return False
     return all((Path(path) / f).is_file() for f in meta.get("files", []))
 
 
-def _build_into(tmp: Path, seed: int) -> None:
+def _build_into(tmp: Path, seed: int, geometry: dict[str, int]) -> None:
     from safetensors.torch import save_file
     from transformers import GenerationConfig, LlamaConfig, PreTrainedTokenizerFast
 
     seq = np.random.SeedSequence(seed)
     rng_tok, rng_weights = (np.random.default_rng(s) for s in seq.spawn(2))
 
-    raw = _train_tokenizer(rng_tok, TINY_GEOMETRY["vocab_size"])
+    raw = _train_tokenizer(rng_tok, geometry["vocab_size"])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, bos_token=BOS, eos_token=EOT, pad_token=PAD,
-        model_max_length=TINY_GEOMETRY["max_position_embeddings"], clean_up_tokenization_spaces=False)
+        model_max_length=geometry["max_position_embeddings"], clean_up_tokenization_spaces=False)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(tmp)
 
     bos_id, eos_id, eot_id = (raw.token_to_id(t) for t in (BOS, EOS, EOT))
     pad_id = raw.token_to_id(PAD)
     config = LlamaConfig(
-        **TINY_GEOMETRY,
+        **geometry,
         hidden_act="silu",
         rms_norm_eps=1e-5,
         rope_theta=500000.0,
@@ -198,19 +214,22 @@ def _build_into(tmp: Path, seed: int) -> None:
     files = sorted(p.name for p in tmp.iterdir() if p.is_file())
     (tmp / MARKER).write_text(json.dumps(
         {"recipe_version": RECIPE_VERSION, "seed": seed, "files": files,
-         "geometry": TINY_GEOMETRY}, indent=2) + "\n")
+         "geometry": geometry}, indent=2) + "\n")
 
 
-def build_tiny_model(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Path:
-    """Build the tiny model into ``out_dir`` and return its absolute path (what ``--model`` takes).
+def build_tiny_model(out_dir: str | os.PathLike[str], *, seed: int = 0, size: str = "tiny") -> Path:
+    """Build the model of ``size`` ("tiny" or "small") into ``out_dir``; return its absolute path
+    (what ``--model`` takes).
 
-    A directory already holding this recipe's model for ``seed`` is reused as is. The model is
+    A directory already holding this recipe's model of that size and ``seed`` is reused as is. The model is
     built in a sibling temporary directory and renamed into place, so a reader never sees half a
     model and two processes building at once (pytest-xdist workers) both end with a whole one.
     A directory holding anything else is never overwritten.
     """
+    if size not in GEOMETRIES:
+        raise PublicAILabError(f"model size {size!r}: unknown; choose one of {', '.join(GEOMETRIES)}")
     out = Path(out_dir).expanduser().resolve()
-    if is_complete(out, seed=seed):
+    if is_complete(out, seed=seed, size=size):
         return out
     if out.exists():
         ours = (out / MARKER).exists() or (out.is_dir() and not any(out.iterdir()))
@@ -220,8 +239,8 @@ def build_tiny_model(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        _build_into(tmp, seed)
-        if is_complete(out, seed=seed):  # another process finished first
+        _build_into(tmp, seed, GEOMETRIES[size])
+        if is_complete(out, seed=seed, size=size):  # another process finished first
             return out
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model is meant to be shared
         for f in tmp.iterdir():
@@ -231,7 +250,7 @@ def build_tiny_model(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Path:
         try:
             os.replace(tmp, out)
         except OSError:
-            if not is_complete(out, seed=seed):
+            if not is_complete(out, seed=seed, size=size):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -239,15 +258,15 @@ def build_tiny_model(out_dir: str | os.PathLike[str], *, seed: int = 0) -> Path:
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
-    path = build_tiny_model(args.dir, seed=args.seed)
+    path = build_tiny_model(args.dir, seed=args.seed, size=args.size)
     size_kib = sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 1024
-    print(f"tiny model: {path} ({size_kib:,.0f} KiB; serve it with "
-          f"`publicai-lab backend --model {path}`)")
+    print(f"{args.size} model: {path} ({size_kib:,.0f} KiB; serve it with "
+          f"`publicai-lab backend --model {path} --served-model-name {SERVED_MODEL_NAMES[args.size]}`)")
     return 0
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``tiny-model DIR [--seed N]``."""
+    """Register ``tiny-model DIR [--seed N] [--size tiny|small]``."""
     p = subparsers.add_parser(
         "tiny-model", help="build a tiny random-weight Llama for offline vLLM tests",
         description="Build a random-weight LlamaForCausalLM (hidden 128, 2 layers, vocab 512) with a "
@@ -255,4 +274,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                     "torch and transformers (installed with vLLM). An existing complete DIR is reused.")
     p.add_argument("dir", help="output directory")
     p.add_argument("--seed", type=int, default=0, help="random seed for weights and tokenizer (default 0)")
+    p.add_argument("--size", choices=sorted(GEOMETRIES), default="tiny",
+                   help="tiny (hidden 128, 2 layers; for tests) or small (hidden 768, 4 layers, 25M parameters; "
+                        "its step is arithmetic, not Python, so its timings repeat better: for fidelity runs)")
     p.set_defaults(func=_cmd_tiny_model)

@@ -14,6 +14,8 @@ no ``-n``): each pytest-xdist worker would start its own pair (``--dist loadgrou
 with pytest 9.2 + xdist 3.8). Even so, at most two servers from this suite run at once: the
 session fixture holds a file lock while its servers live, so a second worker waits for the first
 to finish. Servers left behind by a killed run are killed at the next session start.
+``small_vllm_server`` gives one server of the small model (25M parameters, ``.cache/small-model``)
+pinned for timing, for the sim-versus-live test; it stops the tiny pair while it runs.
 Fixtures are only visible under tests/live/: put tests that need real servers there, and do not
 import these fixtures elsewhere (a second copy would start a second pair).
 """
@@ -31,11 +33,12 @@ from pathlib import Path
 import pytest
 
 from publicai_lab.live.backends import VLLMServer, start_all, stop_all, vllm_available
-from publicai_lab.live.tiny_model import SERVED_MODEL_NAME, TOY_VLLM_ARGS
+from publicai_lab.live.tiny_model import SERVED_MODEL_NAME, SERVED_MODEL_NAMES, TOY_VLLM_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = ROOT / ".cache"
 TINY_MODEL_DIR = CACHE_DIR / "tiny-model"
+SMALL_MODEL_DIR = CACHE_DIR / "small-model"
 PID_FILE = CACHE_DIR / "vllm-servers.pids"
 LOCK_FILE = CACHE_DIR / "vllm-servers.lock"
 
@@ -78,7 +81,7 @@ def _suite_lock(timeout_s: float = 1200.0) -> Iterator[None]:
 
 def _kill_leftovers() -> None:
     """SIGKILL the process groups of servers a killed earlier run left behind (recorded by PID;
-    killed only if the PID is still a vLLM API server serving this repo's tiny model)."""
+    killed only if the PID is still a vLLM API server serving this repo's tiny or small model)."""
     try:
         pids = [int(p) for p in PID_FILE.read_text().split()]
     except (OSError, ValueError):
@@ -88,7 +91,7 @@ def _kill_leftovers() -> None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"vllm.entrypoints" in cmdline and str(TINY_MODEL_DIR).encode() in cmdline:
+        if b"vllm.entrypoints" in cmdline and any(str(d).encode() in cmdline for d in (TINY_MODEL_DIR, SMALL_MODEL_DIR)):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -141,3 +144,29 @@ def vllm_servers(vllm_server_pool: list[VLLMServer]) -> list[VLLMServer]:
         start_all(dead)
     PID_FILE.write_text("".join(f"{s.pid}\n" for s in vllm_server_pool))  # a test may restart one
     return vllm_server_pool
+
+
+@pytest.fixture
+def small_vllm_server(vllm_server_pool: list[VLLMServer], tmp_path: Path) -> Iterator[VLLMServer]:
+    """One real vLLM server of the *small* model (``build_tiny_model(size="small")``, served as
+    ``publicai-lab/small-llama``, toy.yaml's engine limits) in the timing set-up: engine core and
+    worker alone on the second core, the API server on the first. The session's tiny pair is stopped
+    first — two cores hold one timing server — and a later test that needs it restarts it."""
+    from publicai_lab.live.tiny_model import build_tiny_model
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs one core for the engine, one for the client")
+    stop_all(vllm_server_pool)
+    server = VLLMServer(build_tiny_model(SMALL_MODEL_DIR, size="small"), served_model_name=SERVED_MODEL_NAMES["small"],
+                        cpus=str(cpus[1]), api_cpus=str(cpus[0]), extra_args=VLLM_TEST_ARGS,
+                        log_path=tmp_path / "vllm-small.log", startup_timeout_s=600)
+    try:
+        server.start()
+        PID_FILE.write_text(f"{server.pid}\n")
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        PID_FILE.unlink(missing_ok=True)
+

@@ -1,0 +1,83 @@
+"""The engine's speed right now, measured the way the calibration measured it: a speed anchor.
+
+A perf model fitted on a shared host holds for the minutes of its calibration; afterwards the
+host moves the engine's speed (on the CI machine by 5–20 % over minutes, most often slower:
+``docs/fidelity.md`` §4 and §7). A model that is right about *how* step time grows with batch and
+context can still be wrong about the *scale* by then. The anchor re-measures the scale only:
+``groups`` closed groups of ``concurrency`` streamed requests of ``prompt_tokens`` + ``output_tokens``
+(as one cell of the calibration sweep), their decode interval cut into the calibration's windows
+(:func:`~publicai_lab.live.calibrate.decode_windows`), and the median ratio of the observed step to
+the perf model's step for the same batch and context. Multiply the model's step times by it
+(:func:`~publicai_lab.live.fidelity.scaled_step_times`) and the model describes the engine now.
+
+It is a calibration measurement — a fixed shape, closed groups, no replayed workload — so a
+simulation at the anchored speed is still a prediction of the replay, not a fit to it.
+:func:`~publicai_lab.live.fidelity.fidelity_at` (``anchor=True``) takes one reading before every
+live repeat and one after the last, and simulates at their median.
+
+    >>> from publicai_lab.live.anchor import speed_factor
+    >>> speed_factor("http://127.0.0.1:8000", "publicai-lab/small-llama", perf)  # doctest: +SKIP
+    1.07
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from publicai_lab.errors import PublicAILabError
+
+__all__ = ["speed_factor", "speed_factor_async", "ANCHOR_SHAPE"]
+
+#: the anchor's groups: a batch of 8 (the middle of the calibration's concurrencies), prompts and
+#: outputs near the workloads' medians; three groups take about 3 s with the small model on one core
+ANCHOR_SHAPE: dict[str, int] = {"concurrency": 8, "prompt_tokens": 144, "output_tokens": 56, "groups": 3}
+
+
+async def speed_factor_async(target: str, model: str, perf: Any, *, concurrency: int = ANCHOR_SHAPE["concurrency"],
+                             prompt_tokens: int = ANCHOR_SHAPE["prompt_tokens"],
+                             output_tokens: int = ANCHOR_SHAPE["output_tokens"], groups: int = ANCHOR_SHAPE["groups"],
+                             seed: int = 0, api_key: str | None = None, timeout_s: float = 120.0) -> float:
+    """:func:`speed_factor` inside a running event loop."""
+    import aiohttp
+
+    from publicai_lab.live.calibrate import _WINDOWS, _Client, _root_url, decode_windows
+
+    if concurrency < 1 or groups < 1 or prompt_tokens < 1 or output_tokens < _WINDOWS + 2:
+        raise PublicAILabError(f"speed anchor: needs concurrency >= 1, groups >= 1, prompt_tokens >= 1 and "
+                               f"output_tokens >= {_WINDOWS + 2}; got {concurrency}, {groups}, {prompt_tokens}, "
+                               f"{output_tokens}")
+    rng = np.random.default_rng(seed)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    ratios: list[float] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                     connector=aiohttp.TCPConnector(limit=0)) as session:
+        client = _Client(session, _root_url(target), model, headers, timeout_s)
+        pool = np.asarray(await client.token_pool())
+        for _ in range(groups):
+            t0 = time.perf_counter()
+            traces = await asyncio.gather(*(
+                client.stream([int(i) for i in rng.choice(pool, size=prompt_tokens)], output_tokens, t0)
+                for _ in range(concurrency)))
+            for w in decode_windows(traces):
+                ratios.append(w["step_s"] / perf.step_s(0, int(w["decode_seqs"]), w["context_tokens"]))
+    if not ratios:
+        raise PublicAILabError(f"speed anchor at {target}: no decode window measured in {groups} groups")
+    factor = float(np.median(ratios))
+    if not (factor > 0 and math.isfinite(factor)):
+        raise PublicAILabError(f"speed anchor at {target}: got factor {factor!r}")
+    return factor
+
+
+def speed_factor(target: str, model: str, perf: Any, **kwargs: Any) -> float:
+    """The factor on ``perf``'s step times that fits the engine at ``target`` (serving ``model``) now:
+    the median over the decode windows of ``groups`` closed groups of observed step / modelled step.
+    Keywords as :func:`speed_factor_async`: ``concurrency``, ``prompt_tokens``, ``output_tokens``,
+    ``groups``, ``seed``, ``api_key``, ``timeout_s``."""
+    from publicai_lab.live._sync import run_sync
+
+    return run_sync(lambda: speed_factor_async(target, model, perf, **kwargs), name="speed-anchor")
