@@ -69,7 +69,10 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(s
     finally:
         os.sched_setaffinity(0, affinity)
     print(result.to_markdown())
-    print(f"strict criterion (judged rows within 10 % / 15 %): {'holds' if result.passed else 'does not hold'}")
+    judged_rows = result.table[result.table["judged"]]
+    print("strict criterion (judged rows within 10 % / 15 %): " + (
+        "no row judged (live repeats more than 10 % apart)" if judged_rows.empty
+        else f"{int(judged_rows['ok'].sum())} of {len(judged_rows)} judged rows within tolerance"))
     t = result.table.set_index("metric")
     assert cal.r2 > 0.95, cal
     assert 4 < result.saturation_rps < 40, result.saturation_rps   # the small model on one core: ~11–12 req/s
