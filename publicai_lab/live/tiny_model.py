@@ -63,7 +63,7 @@ TINY_GEOMETRY: dict[str, int] = {
     "max_position_embeddings": 2048,
 }
 #: the timing model: 25M parameters (50 MB in bf16, beyond the 32 MB L3 the core shares), about
-#: 11 ms a decode step for 8 sequences and 0.25 ms a prompt token on one core of the CI machine
+#: 11 ms a decode step for 8 sequences and 0.33 ms a prompt token on one core of the CI machine
 SMALL_GEOMETRY: dict[str, int] = {**TINY_GEOMETRY, "hidden_size": 768, "num_attention_heads": 12,
                                   "num_key_value_heads": 4, "num_hidden_layers": 4, "intermediate_size": 2048}
 GEOMETRIES: dict[str, dict[str, int]] = {"tiny": TINY_GEOMETRY, "small": SMALL_GEOMETRY}
