@@ -62,16 +62,21 @@ def test_fidelity_table_against_an_emulated_server_matches_its_simulated_twin():
     assert "engine drift" in result.to_markdown()
 
 
-def test_engine_drift_is_measured_and_conditioning_on_it_removes_the_error():
-    """An engine 30 % slower than the perf model says: the raw error shows it, the drift column
-    names it (from the server's own /metrics), and the simulation rerun at the measured speed agrees."""
+def _fidelity_against_a_30_percent_slower_engine(**kwargs) -> FidelityResult:
+    """The fidelity table at 30 % of a 60 req/s saturation, against an emulated server whose steps are
+    30 % slower than the perf model the simulation is given."""
     perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=2e-4, request_overhead_s=0.005)
     sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"), perf)
     slower = one_server_scenario(sc, scaled_step_times(perf, 1.3))
-    backend_id = sc.backend_id(*sc.clusters()[0])
-    with EmulatedBackend.from_scenario(slower, backend_id).serve() as url:
-        result = fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
-                                warmup_requests=20, engine_url=url)
+    with EmulatedBackend.from_scenario(slower, sc.backend_id(*sc.clusters()[0])).serve() as url:
+        return fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
+                              warmup_requests=20, engine_url=url, **kwargs)
+
+
+def test_engine_drift_is_measured_and_conditioning_on_it_removes_the_error():
+    """An engine 30 % slower than the perf model says: the raw error shows it, the drift column
+    names it (from the server's own /metrics), and the simulation rerun at the measured speed agrees."""
+    result = _fidelity_against_a_30_percent_slower_engine()
     t = result.table.set_index("metric")
     assert t.loc["e2e_p50_s", "rel_error"] < -0.15, result.to_markdown()      # sim too fast
     assert t.loc["e2e_p50_s", "engine_drift"] == pytest.approx(0.30, abs=0.08), result.to_markdown()
@@ -83,13 +88,7 @@ def test_speed_anchor_reanchors_the_simulation_to_the_engine_it_measures():
     """The same engine 30 % slower than its perf model: calibration groups around the repeats read
     the slowdown (a calibration measurement, not the replay), and the simulation at that speed agrees
     where the one at the calibration's speed is too fast."""
-    perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=2e-4, request_overhead_s=0.005)
-    sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"), perf)
-    slower = one_server_scenario(sc, scaled_step_times(perf, 1.3))
-    backend_id = sc.backend_id(*sc.clusters()[0])
-    with EmulatedBackend.from_scenario(slower, backend_id).serve() as url:
-        result = fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
-                                warmup_requests=20, engine_url=url, anchor=True)
+    result = _fidelity_against_a_30_percent_slower_engine(anchor=True)
     t = result.table.set_index("metric")
     level = result.levels[0.3]
     assert len(level.anchor_factors) == 3, level.anchor_factors          # before each repeat, after the last
