@@ -149,6 +149,13 @@ def scaled_step_times(perf: Any, factor: float) -> Any:
     return replace(perf, **{k: getattr(perf, k) * factor for k in COEFFS}, source=f"{perf.source} ×{factor:.3f}")
 
 
+def simulate_at_speed(scenario: Any, perf: Any, factor: float, *, requests: int) -> Any:
+    """Simulate the one-server ``scenario`` with ``perf``'s step times × ``factor``."""
+    from publicai_lab.sim.run import simulate
+
+    return simulate(one_server_scenario(scenario, scaled_step_times(perf, factor)), requests=requests, progress=False)
+
+
 def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 300, repeats: int = 3,
                 warmup_requests: int = 50, engine_url: str | None = None, anchor: bool = False,
                 anchor_model: str | None = None, log: Log | None = None) -> LevelFidelity:
@@ -212,7 +219,7 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
         anchors.append(read_anchor())
         unanchored = compare(sim.requests, live_repeats=lives, title=f"{title}, at the calibration's speed")
         factor = float(np.median(anchors))
-        sim = simulate(one_server_scenario(sc, scaled_step_times(perf, factor)), requests=requests, progress=False)
+        sim = simulate_at_speed(sc, perf, factor, requests=requests)
         title += f", step times ×{factor:.3f} (speed anchor)"
     cmp = compare(sim.requests, live_repeats=lives, title=title)
     level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests),
@@ -239,7 +246,6 @@ def step_time_factor_for_itl(scenario: Any, itl_s: float, *, requests: int, lo: 
     Not a plain ratio of latencies: a slower engine also holds more requests at once, so its
     batches, and so its steps, grow too — the latency ratio overstates the speed ratio."""
     from publicai_lab.perf import engine_params_for
-    from publicai_lab.sim.run import simulate
 
     if not (itl_s > 0 and math.isfinite(itl_s)):
         raise PublicAILabError(f"step_time_factor_for_itl: itl_s must be a positive number of seconds; got {itl_s!r}")
@@ -247,7 +253,7 @@ def step_time_factor_for_itl(scenario: Any, itl_s: float, *, requests: int, lo: 
     perf = engine_params_for(scenario, partner, cluster).perf
 
     def run(f: float) -> Any:
-        return simulate(one_server_scenario(scenario, scaled_step_times(perf, f)), requests=requests, progress=False)
+        return simulate_at_speed(scenario, perf, f, requests=requests)
 
     for _ in range(40):
         mid = math.sqrt(lo * hi)
