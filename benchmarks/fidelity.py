@@ -59,12 +59,16 @@ def main() -> int:
     ap.add_argument("--no-anchor", dest="anchor", action="store_false",
                     help="simulate at the calibration's own speed only (default: re-anchored by calibration "
                          "groups around every level's repeats, publicai_lab.live.anchor)")
+    ap.add_argument("--probe-path", choices=("gateway", "direct"), default="gateway",
+                    help="with --calibrate: where the frontend's chat probes go — through the gateway, the path "
+                         "the replays take (default), or direct to the server")
     ap.add_argument("--out", default=str(ROOT / "out" / "fidelity"), help="output folder")
     args = ap.parse_args()
 
     import os
 
     from publicai_lab.live.backends import VLLMServer
+    from publicai_lab.live.anchor import calibrated_reference
     from publicai_lab.live.calibrate import FULL, calibrate
     from publicai_lab.live.gateway import BackendSpec, Gateway
     from publicai_lab.live.tiny_model import SERVED_MODEL_NAMES, build_tiny_model
@@ -84,22 +88,29 @@ def main() -> int:
         server.start().wait_ready()
         log(f"vLLM ready in {server.startup_s:.0f} s at {server.base_url} (pid {server.pid}; engine on CPU "
             f"{args.engine_cpu}, API server on CPU {args.client_cpu})")
-        perf = args.perf_model
-        if args.calibrate:
-            cal = calibrate(server.base_url, model_name, **FULL, hardware=f"cpu-1core (engine on CPU {args.engine_cpu})",
-                            progress=True)
-            perf = cal.model
-            cal.save(out / "calibration.json")
-            cal.plot_residuals(out / "calibration_residuals.png")
-            log(repr(cal))
-        scenario = one_server_scenario(load_scenario(scenario_path), perf)
-        backend_id = scenario.backend_id(*scenario.clusters()[0])
-        gw = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url, model=model_name)])
+        base = one_server_scenario(load_scenario(scenario_path))
+        backend_id = base.backend_id(*base.clusters()[0])
+        gw = Gateway(base, backends=[BackendSpec(backend_id, server.base_url, model=model_name)])
         with gw.serve() as url:
+            perf = args.perf_model or base.clusters()[0][1].perf_model
+            reference = calibrated_reference(perf) if isinstance(perf, str) else None
+            if args.calibrate:
+                # the frontend's chat probes take the replays' path (gateway, then server) unless told
+                cal = calibrate(server.base_url, model_name, **FULL, progress=True,
+                                hardware=f"cpu-1core (engine on CPU {args.engine_cpu})",
+                                probe_target=url if args.probe_path == "gateway" else None)
+                perf, reference = cal.model, cal.meta["speed_anchor"]
+                cal.save(out / "calibration.json")
+                cal.plot_residuals(out / "calibration_residuals.png")
+                log(repr(cal))
+            scenario = one_server_scenario(base, perf)
+            if args.anchor:
+                log(f"speed anchor read against the calibration's own reading ×{reference:.3f}" if reference else
+                    "speed anchor: the perf model has no reference reading (calibrated before it existed); bare readings")
             result = fidelity_table(scenario, url, levels=[float(x) for x in args.levels.split(",")],
                                     saturation_rps=args.saturation_rps, requests=args.requests,
                                     repeats=args.repeats, log=log, engine_url=server.base_url,
-                                    anchor=args.anchor, anchor_model=model_name)
+                                    anchor=args.anchor, anchor_model=model_name, anchor_reference=reference)
     finally:
         server.stop()
     perf_label = "calibrated now (FULL)" if args.calibrate else (args.perf_model or "the scenario's")

@@ -15,6 +15,14 @@ simulation at the anchored speed is still a prediction of the replay, not a fit 
 :func:`~publicai_lab.live.fidelity.fidelity_at` (``anchor=True``) takes one reading before every
 live repeat and one after the last, and simulates at their median.
 
+Read it *against its own reference*. The fitted model is not exact at the anchor's cell (decode
+R² 0.86–0.99: a few per cent at any one shape), so the bare factor carries that cell's residual:
+in one run the engine ran 3 % faster than its model through every replay while the anchor read
+5–10 % faster (docs/fidelity.md §8). ``calibrate`` therefore takes the same groups at evenly spaced
+points of its sweep and stores their factor against the fitted model as ``speed_anchor``; the
+factor to simulate at is a reading divided by that reference — the change of the engine's speed
+since its calibration, on one fixed shape.
+
     >>> from publicai_lab.live.anchor import speed_factor
     >>> speed_factor("http://127.0.0.1:8000", "publicai-lab/small-llama", perf)  # doctest: +SKIP
     1.07
@@ -25,52 +33,81 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from publicai_lab.errors import PublicAILabError
 
-__all__ = ["speed_factor", "speed_factor_async", "ANCHOR_SHAPE"]
+__all__ = ["speed_factor", "speed_factor_async", "anchor_windows", "factor_from_windows", "calibrated_reference",
+           "ANCHOR_SHAPE"]
 
 #: the anchor's groups: a batch of 8 (the middle of the calibration's concurrencies), prompts and
 #: outputs near the workloads' medians; three groups take about 3 s with the small model on one core
 ANCHOR_SHAPE: dict[str, int] = {"concurrency": 8, "prompt_tokens": 144, "output_tokens": 56, "groups": 3}
 
 
-async def speed_factor_async(target: str, model: str, perf: Any, *, concurrency: int = ANCHOR_SHAPE["concurrency"],
-                             prompt_tokens: int = ANCHOR_SHAPE["prompt_tokens"],
-                             output_tokens: int = ANCHOR_SHAPE["output_tokens"], groups: int = ANCHOR_SHAPE["groups"],
-                             seed: int = 0, api_key: str | None = None, timeout_s: float = 120.0) -> float:
-    """:func:`speed_factor` inside a running event loop."""
-    import aiohttp
-
-    from publicai_lab.live.calibrate import _WINDOWS, _Client, _root_url, decode_windows
+async def anchor_windows(client: Any, pool: Any, rng: np.random.Generator, *,
+                         concurrency: int = ANCHOR_SHAPE["concurrency"], prompt_tokens: int = ANCHOR_SHAPE["prompt_tokens"],
+                         output_tokens: int = ANCHOR_SHAPE["output_tokens"],
+                         groups: int = ANCHOR_SHAPE["groups"]) -> list[dict[str, float]]:
+    """Run the anchor's closed groups through ``client`` (calibrate's ``_Client``) and return their
+    decode windows (step_s, decode_seqs, context_tokens): what :func:`factor_from_windows` reads."""
+    from publicai_lab.live.calibrate import _WINDOWS, decode_windows
 
     if concurrency < 1 or groups < 1 or prompt_tokens < 1 or output_tokens < _WINDOWS + 2:
         raise PublicAILabError(f"speed anchor: needs concurrency >= 1, groups >= 1, prompt_tokens >= 1 and "
                                f"output_tokens >= {_WINDOWS + 2}; got {concurrency}, {groups}, {prompt_tokens}, "
                                f"{output_tokens}")
-    rng = np.random.default_rng(seed)
+    windows: list[dict[str, float]] = []
+    for _ in range(groups):
+        t0 = time.perf_counter()
+        traces = await asyncio.gather(*(
+            client.stream([int(i) for i in rng.choice(pool, size=prompt_tokens)], output_tokens, t0)
+            for _ in range(concurrency)))
+        windows += decode_windows(traces)
+    return windows
+
+
+def factor_from_windows(windows: Sequence[Mapping[str, float]], perf: Any) -> float:
+    """The median over ``windows`` of observed step / ``perf``'s step for the same batch and context
+    (NaN without windows)."""
+    ratios = [w["step_s"] / perf.step_s(0, int(w["decode_seqs"]), w["context_tokens"]) for w in windows]
+    return float(np.median(ratios)) if ratios else math.nan
+
+
+async def speed_factor_async(target: str, model: str, perf: Any, *, seed: int = 0, api_key: str | None = None,
+                             timeout_s: float = 120.0, **shape: int) -> float:
+    """:func:`speed_factor` inside a running event loop."""
+    import aiohttp
+
+    from publicai_lab.live.calibrate import _Client, _root_url
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    ratios: list[float] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
                                      connector=aiohttp.TCPConnector(limit=0)) as session:
         client = _Client(session, _root_url(target), model, headers, timeout_s)
         pool = np.asarray(await client.token_pool())
-        for _ in range(groups):
-            t0 = time.perf_counter()
-            traces = await asyncio.gather(*(
-                client.stream([int(i) for i in rng.choice(pool, size=prompt_tokens)], output_tokens, t0)
-                for _ in range(concurrency)))
-            for w in decode_windows(traces):
-                ratios.append(w["step_s"] / perf.step_s(0, int(w["decode_seqs"]), w["context_tokens"]))
-    if not ratios:
-        raise PublicAILabError(f"speed anchor at {target}: no decode window measured in {groups} groups")
-    factor = float(np.median(ratios))
+        windows = await anchor_windows(client, pool, np.random.default_rng(seed), **shape)
+    factor = factor_from_windows(windows, perf)
     if not (factor > 0 and math.isfinite(factor)):
-        raise PublicAILabError(f"speed anchor at {target}: got factor {factor!r}")
+        raise PublicAILabError(f"speed anchor at {target}: got factor {factor!r} from {len(windows)} decode windows")
     return factor
+
+
+def calibrated_reference(perf_model: str | Path) -> float | None:
+    """The ``speed_anchor`` a calibration saved in a perf-model file (a ``data/perf_models`` name or
+    a path), or None where it has none (fits made before the reference existed, published fits)."""
+    import json
+
+    from publicai_lab.perf import perf_models_dir
+
+    path = Path(perf_model)
+    if path.suffix != ".json":
+        path = perf_models_dir() / f"{perf_model}.json"
+    value = json.loads(path.read_text()).get("speed_anchor")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def speed_factor(target: str, model: str, perf: Any, **kwargs: Any) -> float:

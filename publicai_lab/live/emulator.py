@@ -661,6 +661,8 @@ class EmulatedBackend:
                     ("vllm:time_to_first_token_seconds", "ttft", "Histogram of time to first token in seconds."),
                     ("vllm:e2e_request_latency_seconds", "e2e", "Histogram of e2e request latency in seconds."),
                     ("vllm:request_queue_time_seconds", "queue", "Histogram of time spent in WAITING phase."),
+                    ("vllm:request_prefill_time_seconds", "prefill", "Histogram of time spent in PREFILL phase "
+                     "for request."),
                     ("vllm:inter_token_latency_seconds", "itl", "Histogram of inter-token latency in seconds.")):
                 lines.append(f"# HELP {name} {help_}")
                 lines.append(f"# TYPE {name} histogram")

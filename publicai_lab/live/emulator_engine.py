@@ -93,7 +93,7 @@ class _ReplicaStats:
     """Counters and histograms of one engine replica (vLLM's ``engine`` label)."""
 
     __slots__ = ("prompt_tokens", "generation_tokens", "success", "aborted", "ttft", "e2e", "queue",
-                 "itl", "streams")
+                 "prefill", "itl", "streams")
 
     def __init__(self) -> None:
         self.prompt_tokens = 0
@@ -103,6 +103,7 @@ class _ReplicaStats:
         self.ttft = Histogram(TTFT_BUCKETS_S)
         self.e2e = Histogram(E2E_BUCKETS_S)
         self.queue = Histogram(E2E_BUCKETS_S)
+        self.prefill = Histogram(E2E_BUCKETS_S)    # scheduled to first token, as vLLM's engine stamps it
         self.itl = Histogram(ITL_BUCKETS_S)
         self.streams = 0          # streaming jobs currently on this replica (for the timer)
 
@@ -314,6 +315,7 @@ class RealtimeEngine:
         st.ttft.observe(first - job.arrival_s)
         st.e2e.observe(t - job.arrival_s)
         st.queue.observe(seq.admitted_s - job.arrival_s)
+        st.prefill.observe(first - seq.admitted_s)
         if job.output_tokens > 1:
             st.itl.observe((t - first) / (job.output_tokens - 1), job.output_tokens - 1)
         self._drop_stream(job)

@@ -158,7 +158,8 @@ def simulate_at_speed(scenario: Any, perf: Any, factor: float, *, requests: int)
 
 def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 300, repeats: int = 3,
                 warmup_requests: int = 50, engine_url: str | None = None, anchor: bool = False,
-                anchor_model: str | None = None, log: Log | None = None) -> LevelFidelity:
+                anchor_model: str | None = None, anchor_reference: float | None = None,
+                log: Log | None = None) -> LevelFidelity:
     """Simulate and replay ``scenario`` at ``rate_rps`` (Poisson): a :class:`LevelFidelity` holding the
     comparison of the simulation against ``repeats`` live runs through ``target`` (a gateway or the server).
 
@@ -177,7 +178,10 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     (:func:`~publicai_lab.live.anchor.speed_factor`) before every live repeat and after the last,
     and the simulation runs at the median of those readings — the calibrated model, re-anchored to
     the minutes of the replays. The simulation at the calibration's own speed is kept as
-    ``unanchored``."""
+    ``unanchored``. ``anchor_reference``: the anchor's reading at calibration time (the perf
+    model's ``speed_anchor``, saved by ``calibrate``); the readings are divided by it, so the
+    simulation moves by the change of the engine's speed since its calibration and not by the
+    model's residual at the anchor's shape (None: the bare readings)."""
     from publicai_lab.analysis.compare import compare
     from publicai_lab.live.loadgen import run_live
     from publicai_lab.perf import engine_params_for
@@ -185,6 +189,8 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
 
     if anchor and not engine_url:
         raise PublicAILabError("fidelity_at: anchor=True needs engine_url (the vLLM server itself)")
+    if anchor_reference is not None and not (anchor_reference > 0 and math.isfinite(anchor_reference)):
+        raise PublicAILabError(f"fidelity_at: anchor_reference must be a positive factor; got {anchor_reference!r}")
     sc = scenario.with_overrides(rate_per_s=float(rate_rps))
     partner, cluster = sc.clusters()[0]
     perf = engine_params_for(sc, partner, cluster).perf
@@ -193,7 +199,7 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     def read_anchor() -> float:
         from publicai_lab.live.anchor import speed_factor
 
-        return speed_factor(str(engine_url), served, perf, seed=len(anchors))
+        return speed_factor(str(engine_url), served, perf, seed=len(anchors)) / (anchor_reference or 1.0)
 
     if warmup_requests:
         run_live(sc.with_overrides(seed=sc.seed + 1), target, requests=warmup_requests, progress=False,
@@ -225,7 +231,8 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests),
                           anchor_factors=anchors, unanchored=unanchored)
     if anchors:
-        cmp.notes.append(f"speed anchors (calibration groups before each repeat and after the last): "
+        against = f" against the calibration's own reading ×{anchor_reference:.3f}" if anchor_reference else ""
+        cmp.notes.append(f"speed anchors (calibration groups before each repeat and after the last{against}): "
                          f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at the median, ×{level.anchor_factor:.3f}")
     if engine_itls and level.sim_itl_s > 0:
         factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests)
@@ -362,7 +369,8 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
                    saturation_rps: float | None = None, requests: int = 300, repeats: int = 3,
                    tolerances: Mapping[str, float] = TOLERANCES, judge_spread: float = 0.10,
                    warmup_requests: int = 100, engine_url: str | None = None, anchor: bool = False,
-                   anchor_model: str | None = None, log: Log | None = None) -> FidelityResult:
+                   anchor_model: str | None = None, anchor_reference: float | None = None,
+                   log: Log | None = None) -> FidelityResult:
     """Measure saturation (unless given), then :func:`fidelity_at` every level (``engine_url``: the
     engine's measured speed beside every level; ``anchor``: the simulation re-anchored to the
     engine's speed by calibration groups around every level's repeats; see there); see the module doc."""
@@ -380,7 +388,7 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
         if log:
             log(f"level {level:.0%}: {rate:.1f} req/s")
         lf = fidelity_at(scenario, target, rate, requests=requests, repeats=repeats, engine_url=engine_url,
-                         anchor=anchor, anchor_model=anchor_model, log=log)
+                         anchor=anchor, anchor_model=anchor_model, anchor_reference=anchor_reference, log=log)
         levels_out[level] = lf
         t = lf.comparison.table
         for metric, tol in tolerances.items():

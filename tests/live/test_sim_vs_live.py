@@ -59,15 +59,17 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(s
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {int(server.api_cpus)})      # the API server's core: the client's
     try:
-        cal = calibrate(server.base_url, server.model_name, **SWEEP, stream_probes=12)
-        print(cal)
-        scenario = one_server_scenario(load_scenario(ROOT / "scenarios" / "small-cpu.yaml"), cal.model)
-        backend_id = scenario.backend_id(*scenario.clusters()[0])
-        gateway = Gateway(scenario, backends=[BackendSpec(backend_id, server.base_url,
-                                                          model=server.model_name)])
+        base = one_server_scenario(load_scenario(ROOT / "scenarios" / "small-cpu.yaml"))
+        backend_id = base.backend_id(*base.clusters()[0])
+        gateway = Gateway(base, backends=[BackendSpec(backend_id, server.base_url, model=server.model_name)])
         with gateway.serve() as url:
+            # the step from the server, the frontend's probes through the gateway (the replays' path)
+            cal = calibrate(server.base_url, server.model_name, **SWEEP, stream_probes=12, probe_target=url)
+            print(cal)
+            scenario = one_server_scenario(base, cal.model)
             result = fidelity_table(scenario, url, levels=(0.25,), requests=150, repeats=3, log=print,
-                                    engine_url=server.base_url, anchor=True)
+                                    engine_url=server.base_url, anchor=True,
+                                    anchor_reference=cal.meta["speed_anchor"])
     finally:
         os.sched_setaffinity(0, affinity)
     print(result.to_markdown())
@@ -77,6 +79,8 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(s
         else f"{int(judged_rows['ok'].sum())} of {len(judged_rows)} judged rows within tolerance"))
     t = result.table.set_index("metric")
     assert cal.r2 > 0.95, cal
+    assert cal.meta["timing"] == "engine" and cal.meta["probe_target"] != cal.meta["target"], cal.meta
+    assert 0.7 < cal.meta["speed_anchor"] < 1.3 and cal.meta["speed_anchor_windows"] >= 12, cal.meta
     assert 4 < result.saturation_rps < 40, result.saturation_rps   # the small model on one core: ~11–12 req/s
     assert [lvl["others"] for lvl in cal.meta["stream_probe_levels"]] == [0, 1, 3, 7, 15], cal.meta
     level = result.levels[0.25]
