@@ -44,8 +44,9 @@ __all__ = ["speed_factor", "speed_factor_async", "anchor_windows", "factor_from_
            "ANCHOR_SHAPE"]
 
 #: the anchor's groups: a batch of 8 (the middle of the calibration's concurrencies), prompts and
-#: outputs near the workloads' medians; three groups take about 3 s with the small model on one core
-ANCHOR_SHAPE: dict[str, int] = {"concurrency": 8, "prompt_tokens": 144, "output_tokens": 56, "groups": 3}
+#: outputs near the workloads' medians; five groups take about 5 s with the small model on one core (three
+#: were too few: single readings ranged 0.93–1.35 within one level of run G, docs/fidelity.md §8)
+ANCHOR_SHAPE: dict[str, int] = {"concurrency": 8, "prompt_tokens": 144, "output_tokens": 56, "groups": 5}
 
 
 async def anchor_windows(client: Any, pool: Any, rng: np.random.Generator, *,

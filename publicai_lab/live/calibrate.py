@@ -194,6 +194,14 @@ class Calibration:
                   f"R² {self.r2:.4f} overall, " + ", ".join(f"{k} {v:.4f}" for k, v in self.r2_by_kind.items())
                   + f"; n = {self.n}; median |relative residual| "
                   f"{float(self.observations['rel_residual'].abs().median()) * 100 if self.n else math.nan:.1f} %."]
+        timing = self.meta.get("timing")
+        if timing:
+            lines += ["", f"Prefill rows timed by the {timing}"
+                      + (" (vLLM's engine-stamped prefill time)" if timing == "engine" else "")
+                      + f"; the frontend probed at {self.meta.get('probe_target', self.meta.get('target', '?'))}."]
+        if self.meta.get("speed_anchor"):
+            lines += ["", f"Speed anchor's reference reading: ×{self.meta['speed_anchor']:.3f} "
+                          f"({self.meta.get('speed_anchor_windows', '?')} decode windows; publicai_lab.live.anchor)."]
         levels = self.meta.get("stream_probe_levels") or []
         if levels:
             lines += ["", "Chat requests beside running streams (`request_overhead_per_stream_s` is the slope of the gap):",
@@ -516,7 +524,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           overhead_endpoint: str = "chat", overhead_probes: int = 16, frontend_burst: int = 16,
                           stream_probes: int = 24, stream_levels: Sequence[int] = STREAM_LEVELS,
                           shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
-                          probe_target: str | None = None, anchor_readings: int = 6,
+                          probe_target: str | None = None, anchor_readings: int = 12,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
     import aiohttp
@@ -874,7 +882,7 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     speed during the sweep is noise in the fit, not a bias of one coefficient),
     ``probe_target`` (the URL the chat probes of the frontend go to, default ``target``: give the
     path the clients will take — through a gateway on the same host, say — and the frontend's
-    terms hold its time too), ``anchor_readings`` (6: one group of the speed anchor's shape at
+    terms hold its time too), ``anchor_readings`` (12: one group of the speed anchor's shape at
     evenly spaced points of the sweep; their factor against the fitted model is saved as
     ``speed_anchor``, the reference :mod:`publicai_lab.live.anchor`'s later readings are divided by),
     ``api_key``, ``seed`` (prompt token draws and the cell order), ``progress`` (True: a bar; a callable

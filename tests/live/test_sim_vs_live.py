@@ -6,13 +6,16 @@ generator) on the first (docs/fidelity.md). The server serves the *small* model 
 ``tiny_model`` size "small", scenarios/small-cpu.yaml): its step is arithmetic, not Python, and
 repeats about twice as well on this host as the tiny model's (docs/fidelity.md §7). The session's
 tiny pair is stopped meanwhile. The server is calibrated on the spot (the FULL sweep without its
-1,024-token prompts, two repeats a cell: about 2 minutes), its saturation measured, and
-small-cpu.yaml's workload replayed at 25 % of it three times live and once in the simulator.
+1,024-token prompts, two repeats a cell: about 2 minutes; the prefill step from vLLM's engine
+stamps, the frontend probed through the gateway, the replays' path: docs/fidelity.md §8), its
+saturation measured, and small-cpu.yaml's workload replayed at 25 % of it three times live and
+once in the simulator.
 
 The simulation runs at the engine's speed re-measured by calibration groups before every repeat
-and after the last (the speed anchor, ``publicai_lab.live.anchor``): the host moves the engine's
-speed by 5–20 % over the minutes between a calibration and a replay, and the anchor is a
-calibration measurement (closed groups of a fixed shape), not a fit to the replay.
+and after the last, read against the calibration's own reading of the same groups (the speed
+anchor, ``publicai_lab.live.anchor``): the host moves the engine's speed by 5–20 % over the
+minutes between a calibration and a replay, and the anchor is a calibration measurement (closed
+groups of a fixed shape), not a fit to the replay.
 
 What is asserted:
 - the anchor reads the engine's speed: within 25 points of the engine's own inter-token latency
