@@ -19,11 +19,12 @@ groups of a fixed shape), not a fit to the replay.
 
 What is asserted:
 - the anchor reads the engine's speed: within 25 points of the engine's own inter-token latency
-  during the repeats (vLLM's ``/metrics``, an independent measurement; 1–4 points apart at this
-  level in runs B–D and this test's own run, 0.6–17 points at all levels);
+  during the repeats (vLLM's ``/metrics``, an independent measurement; 0.3–7.7 points apart at
+  10 of 12 levels of runs F–H, 12.8 and 15.8 points at the worst levels of run H and of this test's
+  own run: the engine's speed over any 5-s reading moves ±10 % on this host, docs/fidelity.md §8);
 - every error within 40 % plus the live spread, the guard kept from the tiny model (at this level
-  the anchored errors were −2.9 … −16.5 % in runs B–D; at 50 % in run D, where the anchor was
-  17 points off, +33.5 %). The strict criterion
+  the anchored errors were −23.6 … +0.5 % in runs F–H and this test's own run; at 50 % in run D,
+  where the anchor was 17 points off, +33.5 %). The strict criterion
   (E2E within 10 %, TTFT within 15 %, where the live repeats agree within 10 %) is printed, not
   asserted: on this shared host it holds in most runs, not in every one;
 - at the engine's measured speed, E2E p50/p90 and TTFT p50 within 15 % plus the spread: the model
