@@ -55,6 +55,9 @@ def test_recovers_known_coefficients(calibration):
     assert calibration.observations["rel_residual"].abs().median() < 0.05
     assert 0.0 <= calibration.request_overhead_s < 0.02
     assert calibration.meta["timing"] == "engine"             # the emulator publishes the prefill stamps
+    # the speed anchor's reference: its groups, spread over the sweep, against the fitted model
+    assert calibration.meta["speed_anchor"] == pytest.approx(1.0, abs=0.15), calibration.meta
+    assert calibration.meta["speed_anchor_windows"] >= 12
     # /metrics histograms were read: the server-side TTFT of a lone request is one prefill step
     lone = calibration.cells.query("concurrency == 1").set_index("prompt_tokens")
     for p, row in lone.iterrows():

@@ -99,9 +99,22 @@ def test_speed_anchor_reanchors_the_simulation_to_the_engine_it_measures():
     assert "speed anchor" in result.to_markdown()
 
 
+def test_speed_anchor_is_read_against_the_calibrations_own_reading():
+    """With a reference reading of ×1.3 — as if the calibration had already seen the anchor's groups
+    30 % slower than its model — the same slow engine has not changed since: the anchor reads no
+    change, and the simulation stays at the calibration's speed (too fast here, by construction)."""
+    result = _fidelity_against_a_30_percent_slower_engine(anchor=True, anchor_reference=1.3)
+    t = result.table.set_index("metric")
+    assert abs(t.loc["e2e_p50_s", "anchor"]) < 0.08, result.to_markdown()
+    assert t.loc["e2e_p50_s", "rel_error"] == pytest.approx(t.loc["e2e_p50_s", "unanchored_error"], abs=0.06)
+    assert "against the calibration's own reading ×1.300" in result.to_markdown()
+
+
 def test_speed_anchor_needs_the_server_itself():
     from publicai_lab.errors import PublicAILabError
     from publicai_lab.live.fidelity import fidelity_at
     sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"))
     with pytest.raises(PublicAILabError, match="engine_url"):
         fidelity_at(sc, "http://127.0.0.1:9", 10.0, anchor=True)
+    with pytest.raises(PublicAILabError, match="anchor_reference"):
+        fidelity_at(sc, "http://127.0.0.1:9", 10.0, anchor=True, engine_url="http://127.0.0.1:9", anchor_reference=0.0)
