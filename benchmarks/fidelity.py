@@ -17,12 +17,14 @@ arithmetic rather than Python and repeats about twice as well on this host as th
 runs the tiny model with scenarios/toy.yaml and data/perf_models/tiny-llama_cpu_tp1.json.
 
 Steps: start the server (toy.yaml's engine limits), the gateway in front of it, a warm-up;
-calibrate (``--calibrate``) or load ``--perf-model``; measure saturation (closed loop at
+calibrate (``--calibrate``: the step from the server, the frontend's probes through the gateway,
+``--probe-path``) or load ``--perf-model``; measure saturation (closed loop at
 a full batch); at 25/50/75/90 % of it replay the scenario's workload ``--repeats`` times live and once
 in the simulator (same seed: the same requests); print the table with the live spread beside every
 error, and write it (Markdown and CSV) to ``--out``. The simulation runs at the engine's speed as
-re-measured by calibration groups before every repeat and after the last (the speed anchor; the
-error at the calibration's own speed is shown beside it; ``--no-anchor`` to skip).
+re-measured by calibration groups before every repeat and after the last, against the
+calibration's own reading of the same groups (the speed anchor; the error at the calibration's own
+speed is shown beside it; ``--no-anchor`` to skip).
 """
 
 from __future__ import annotations

@@ -340,7 +340,8 @@ class FidelityResult:
             lines += [f"Speed anchor: the engine's speed re-measured with calibration groups ({a['groups']} closed "
                       f"groups of {a['concurrency']} requests of {a['prompt_tokens']} + {a['output_tokens']} tokens) "
                       "before every live repeat and after the last; the simulation (sim, error, "
-                      "verdict) runs at the median reading, shown as how much slower (+) than calibrated. Error at "
+                      "verdict) runs at the median reading (each divided by the calibration's own reading of the same groups "
+                      "where the perf model has one), shown as how much slower (+) than calibrated. Error at "
                       "the calibration's speed: the same simulation without it.", ""]
         head = ["load", "req/s", "metric", "sim ms", "live ms (median)", "live runs ms", "error", "live spread",
                 "tolerance", "verdict"] + (["speed anchor", "error at calibration speed"] if anchored else []) \
