@@ -102,12 +102,9 @@ def calibrated_reference(perf_model: str | Path) -> float | None:
     a path), or None where it has none (fits made before the reference existed, published fits)."""
     import json
 
-    from publicai_lab.perf import perf_models_dir
+    from publicai_lab.perf import perf_model_file
 
-    path = Path(perf_model)
-    if path.suffix != ".json":
-        path = perf_models_dir() / f"{perf_model}.json"
-    value = json.loads(path.read_text()).get("speed_anchor")
+    value = json.loads(perf_model_file(perf_model).read_text()).get("speed_anchor")
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 

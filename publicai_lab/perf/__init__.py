@@ -16,7 +16,7 @@ from publicai_lab.perf.roofline import roofline_prior
 from publicai_lab.perf.step_time import StepTimeModel, load_perf_model_file
 
 __all__ = ["StepTimeModel", "roofline_prior", "kv_capacity_tokens", "load_perf_model",
-           "EngineParams", "engine_params_for", "perf_models_dir", "GIB"]
+           "EngineParams", "engine_params_for", "perf_models_dir", "perf_model_file", "GIB"]
 
 
 def perf_models_dir() -> Path:
@@ -24,12 +24,15 @@ def perf_models_dir() -> Path:
     return Path(DATA_DIR) / "perf_models"
 
 
+def perf_model_file(name_or_path: str | Path) -> Path:
+    """The JSON file of a fit given by name (``data/perf_models/NAME.json``) or by path."""
+    p = Path(name_or_path)
+    return p if p.suffix == ".json" else perf_models_dir() / f"{name_or_path}.json"
+
+
 def load_perf_model(name_or_path: str | Path) -> StepTimeModel:
     """A fit by name (``data/perf_models/NAME.json``) or by path."""
-    p = Path(name_or_path)
-    if p.suffix != ".json":
-        p = perf_models_dir() / f"{name_or_path}.json"
-    return load_perf_model_file(p)
+    return load_perf_model_file(perf_model_file(name_or_path))
 
 
 @dataclass(frozen=True, slots=True)
