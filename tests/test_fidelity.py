@@ -64,13 +64,14 @@ def test_fidelity_table_against_an_emulated_server_matches_its_simulated_twin():
 
 def _fidelity_against_a_30_percent_slower_engine(**kwargs) -> FidelityResult:
     """The fidelity table at 30 % of a 60 req/s saturation, against an emulated server whose steps are
-    30 % slower than the perf model the simulation is given."""
+    30 % slower than the perf model the simulation is given (anchor readings of four groups: the
+    emulator's speed does not wander)."""
     perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=2e-4, request_overhead_s=0.005)
     sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"), perf)
     slower = one_server_scenario(sc, scaled_step_times(perf, 1.3))
     with EmulatedBackend.from_scenario(slower, sc.backend_id(*sc.clusters()[0])).serve() as url:
         return fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
-                              warmup_requests=20, engine_url=url, **kwargs)
+                              warmup_requests=20, engine_url=url, anchor_shape={"groups": 4}, **kwargs)
 
 
 def test_engine_drift_is_measured_and_conditioning_on_it_removes_the_error():
@@ -92,6 +93,9 @@ def test_speed_anchor_reanchors_the_simulation_to_the_engine_it_measures():
     t = result.table.set_index("metric")
     level = result.levels[0.3]
     assert len(level.anchor_factors) == 3, level.anchor_factors          # before each repeat, after the last
+    # the simulation runs at all readings' decode windows pooled: 3 readings × 4 groups × 4 windows
+    assert "simulated at their 48 decode windows pooled" in result.to_markdown(), result.to_markdown()
+    assert min(level.anchor_factors) <= level.anchor_factor <= max(level.anchor_factors), level
     assert t.loc["e2e_p50_s", "anchor"] == pytest.approx(0.30, abs=0.08), result.to_markdown()
     assert t.loc["e2e_p50_s", "unanchored_error"] < -0.15, result.to_markdown()
     assert abs(t.loc["e2e_p50_s", "rel_error"]) < 0.10, result.to_markdown()

@@ -13,7 +13,9 @@ the perf model's step for the same batch and context. Multiply the model's step 
 It is a calibration measurement — a fixed shape, closed groups, no replayed workload — so a
 simulation at the anchored speed is still a prediction of the replay, not a fit to it.
 :func:`~publicai_lab.live.fidelity.fidelity_at` (``anchor=True``) takes one reading before every
-live repeat and one after the last, and simulates at their median.
+live repeat and one after the last, pools their decode windows and simulates at the pooled factor
+(:func:`speed_windows` + :func:`factor_from_windows`): about a minute of the engine's time per level,
+spread over the level's repeats.
 
 Read it *against its own reference*. The fitted model is not exact at the anchor's cell (decode
 R² 0.86–0.99: a few per cent at any one shape), so the bare factor carries that cell's residual:
@@ -40,13 +42,15 @@ import numpy as np
 
 from publicai_lab.errors import PublicAILabError
 
-__all__ = ["speed_factor", "speed_factor_async", "anchor_windows", "factor_from_windows", "calibrated_reference",
-           "ANCHOR_SHAPE"]
+__all__ = ["speed_factor", "speed_factor_async", "speed_windows", "speed_windows_async", "anchor_windows",
+           "factor_from_windows", "calibrated_reference", "ANCHOR_SHAPE"]
 
 #: the anchor's groups: a batch of 8 (the middle of the calibration's concurrencies), prompts and
-#: outputs near the workloads' medians; five groups take about 5 s with the small model on one core (three
-#: were too few: single readings ranged 0.93–1.35 within one level of run G, docs/fidelity.md §8)
-ANCHOR_SHAPE: dict[str, int] = {"concurrency": 8, "prompt_tokens": 144, "output_tokens": 56, "groups": 5}
+#: outputs near the workloads' medians. Twelve groups take about 14 s with the small model on one core:
+#: the engine's speed over any 5 s moves ±10 % on this host while a live repeat averages 50–100 s, and
+#: four readings of five groups were 6.8 and 15.8 points from the engine's speed at two levels
+#: (docs/fidelity.md §8–9)
+ANCHOR_SHAPE: dict[str, int] = {"concurrency": 8, "prompt_tokens": 144, "output_tokens": 56, "groups": 12}
 
 
 async def anchor_windows(client: Any, pool: Any, rng: np.random.Generator, *,
@@ -78,9 +82,9 @@ def factor_from_windows(windows: Sequence[Mapping[str, float]], perf: Any) -> fl
     return float(np.median(ratios)) if ratios else math.nan
 
 
-async def speed_factor_async(target: str, model: str, perf: Any, *, seed: int = 0, api_key: str | None = None,
-                             timeout_s: float = 120.0, **shape: int) -> float:
-    """:func:`speed_factor` inside a running event loop."""
+async def speed_windows_async(target: str, model: str, *, seed: int = 0, api_key: str | None = None,
+                              timeout_s: float = 120.0, **shape: int) -> list[dict[str, float]]:
+    """:func:`speed_windows` inside a running event loop."""
     import aiohttp
 
     from publicai_lab.live.calibrate import _Client, _root_url
@@ -90,7 +94,12 @@ async def speed_factor_async(target: str, model: str, perf: Any, *, seed: int = 
                                      connector=aiohttp.TCPConnector(limit=0)) as session:
         client = _Client(session, _root_url(target), model, headers, timeout_s)
         pool = np.asarray(await client.token_pool())
-        windows = await anchor_windows(client, pool, np.random.default_rng(seed), **shape)
+        return await anchor_windows(client, pool, np.random.default_rng(seed), **shape)
+
+
+async def speed_factor_async(target: str, model: str, perf: Any, **kwargs: Any) -> float:
+    """:func:`speed_factor` inside a running event loop."""
+    windows = await speed_windows_async(target, model, **kwargs)
     factor = factor_from_windows(windows, perf)
     if not (factor > 0 and math.isfinite(factor)):
         raise PublicAILabError(f"speed anchor at {target}: got factor {factor!r} from {len(windows)} decode windows")
@@ -106,6 +115,15 @@ def calibrated_reference(perf_model: str | Path) -> float | None:
 
     value = json.loads(perf_model_file(perf_model).read_text()).get("speed_anchor")
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def speed_windows(target: str, model: str, **kwargs: Any) -> list[dict[str, float]]:
+    """One anchor reading at ``target`` (serving ``model``): the decode windows of ``groups`` closed
+    groups, for :func:`factor_from_windows` — pool several readings' windows for one factor.
+    Keywords as :func:`speed_factor`."""
+    from publicai_lab.live._sync import run_sync
+
+    return run_sync(lambda: speed_windows_async(target, model, **kwargs), name="speed-anchor")
 
 
 def speed_factor(target: str, model: str, perf: Any, **kwargs: Any) -> float:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime as _dt
 import itertools
 import json
@@ -524,7 +525,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           overhead_endpoint: str = "chat", overhead_probes: int = 16, frontend_burst: int = 16,
                           stream_probes: int = 24, stream_levels: Sequence[int] = STREAM_LEVELS,
                           shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
-                          probe_target: str | None = None, anchor_readings: int = 12,
+                          probe_target: str | None = None, anchor_readings: int = 24,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
     import aiohttp
@@ -599,15 +600,15 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         # against the fitted model (publicai_lab.live.anchor), over the same minutes as the fit
         from publicai_lab.live.anchor import anchor_windows, factor_from_windows
 
-        anchor_after = ({int(i) for i in np.linspace(0, len(cells) - 1, anchor_readings).round()}
-                        if anchor_readings > 0 else set())
+        anchor_after = collections.Counter(int(i) for i in
+                                           np.linspace(0, len(cells) - 1, max(0, anchor_readings)).round())
         anchor_rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA7C4]))
         anchor_seen: list[dict[str, float]] = []
         for cell_index, (p, b, n) in enumerate(cells):
             if cell_index in chat_after:
                 await chat.probe()
-            if cell_index in anchor_after and (kv_tokens is None or _anchor_fits(kv_tokens)):
-                anchor_seen += await anchor_windows(client, pool, anchor_rng, groups=1)
+            if anchor_after[cell_index] and (kv_tokens is None or _anchor_fits(kv_tokens)):
+                anchor_seen += await anchor_windows(client, pool, anchor_rng, groups=anchor_after[cell_index])
             if kv_tokens is not None and b * (p + n) > 0.9 * kv_tokens:
                 skipped.append(f"P={p} B={b} n={n}")
                 done += repeats
@@ -882,9 +883,10 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     speed during the sweep is noise in the fit, not a bias of one coefficient),
     ``probe_target`` (the URL the chat probes of the frontend go to, default ``target``: give the
     path the clients will take — through a gateway on the same host, say — and the frontend's
-    terms hold its time too), ``anchor_readings`` (12: one group of the speed anchor's shape at
-    evenly spaced points of the sweep; their factor against the fitted model is saved as
-    ``speed_anchor``, the reference :mod:`publicai_lab.live.anchor`'s later readings are divided by),
+    terms hold its time too), ``anchor_readings`` (24: one group of the speed anchor's
+    shape at each of 24 evenly spaced points of the sweep, about 1 s each with the small model on one
+    core; their factor against the fitted model is saved as ``speed_anchor``, the reference
+    :mod:`publicai_lab.live.anchor`'s later readings are divided by),
     ``api_key``, ``seed`` (prompt token draws and the cell order), ``progress`` (True: a bar; a callable
     ``(done, total, label)``). Works against vLLM (CPU or GPU) and the emulator alike.
     """

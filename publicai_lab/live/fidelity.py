@@ -159,6 +159,7 @@ def simulate_at_speed(scenario: Any, perf: Any, factor: float, *, requests: int)
 def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 300, repeats: int = 3,
                 warmup_requests: int = 50, engine_url: str | None = None, anchor: bool = False,
                 anchor_model: str | None = None, anchor_reference: float | None = None,
+                anchor_shape: Mapping[str, int] | None = None,
                 log: Log | None = None) -> LevelFidelity:
     """Simulate and replay ``scenario`` at ``rate_rps`` (Poisson): a :class:`LevelFidelity` holding the
     comparison of the simulation against ``repeats`` live runs through ``target`` (a gateway or the server).
@@ -175,13 +176,15 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
 
     ``anchor`` (needs ``engine_url``; ``anchor_model``: the name the server serves, default the
     scenario's model): the engine's speed is re-measured with calibration groups
-    (:func:`~publicai_lab.live.anchor.speed_factor`) before every live repeat and after the last,
-    and the simulation runs at the median of those readings — the calibrated model, re-anchored to
+    (:func:`~publicai_lab.live.anchor.speed_windows`) before every live repeat and after the last,
+    and the simulation runs at their decode windows pooled — the calibrated model, re-anchored to
     the minutes of the replays. The simulation at the calibration's own speed is kept as
     ``unanchored``. ``anchor_reference``: the anchor's reading at calibration time (the perf
     model's ``speed_anchor``, saved by ``calibrate``); the readings are divided by it, so the
     simulation moves by the change of the engine's speed since its calibration and not by the
-    model's residual at the anchor's shape (None: the bare readings)."""
+    model's residual at the anchor's shape (None: the bare readings). ``anchor_shape``: keywords
+    of :func:`~publicai_lab.live.anchor.anchor_windows` over :data:`~publicai_lab.live.anchor.ANCHOR_SHAPE`
+    (``groups``: fewer for a quick look; keep the calibration's shape, or its reference no longer applies)."""
     from publicai_lab.analysis.compare import compare
     from publicai_lab.live.loadgen import run_live
     from publicai_lab.perf import engine_params_for
@@ -196,10 +199,15 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     perf = engine_params_for(sc, partner, cluster).perf
     served = anchor_model or sc.resolve_model(cluster.model)
 
-    def read_anchor() -> float:
-        from publicai_lab.live.anchor import speed_factor
+    anchor_pool: list[dict[str, float]] = []
 
-        return speed_factor(str(engine_url), served, perf, seed=len(anchors)) / (anchor_reference or 1.0)
+    def read_anchor() -> float:
+        """One reading: its windows join the level's pool; its own factor is kept for the notes."""
+        from publicai_lab.live.anchor import factor_from_windows, speed_windows
+
+        windows = speed_windows(str(engine_url), served, seed=len(anchors), **(anchor_shape or {}))
+        anchor_pool.extend(windows)
+        return factor_from_windows(windows, perf) / (anchor_reference or 1.0)
 
     if warmup_requests:
         run_live(sc.with_overrides(seed=sc.seed + 1), target, requests=warmup_requests, progress=False,
@@ -224,16 +232,22 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     if anchor:
         anchors.append(read_anchor())
         unanchored = compare(sim.requests, live_repeats=lives, title=f"{title}, at the calibration's speed")
-        factor = float(np.median(anchors))
+        from publicai_lab.live.anchor import factor_from_windows
+
+        factor = factor_from_windows(anchor_pool, perf) / (anchor_reference or 1.0)
+        if not (factor > 0 and math.isfinite(factor)):
+            raise PublicAILabError(f"speed anchor at {engine_url}: got factor {factor!r} from {len(anchor_pool)} "
+                                   "decode windows")
         sim = simulate_at_speed(sc, perf, factor, requests=requests)
         title += f", step times ×{factor:.3f} (speed anchor)"
     cmp = compare(sim.requests, live_repeats=lives, title=title)
-    level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests),
-                          anchor_factors=anchors, unanchored=unanchored)
+    level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests), anchor_factors=anchors,
+                          anchor_factor=factor if anchor else math.nan, unanchored=unanchored)
     if anchors:
         against = f" against the calibration's own reading ×{anchor_reference:.3f}" if anchor_reference else ""
         cmp.notes.append(f"speed anchors (calibration groups before each repeat and after the last{against}): "
-                         f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at the median, ×{level.anchor_factor:.3f}")
+                         f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at their {len(anchor_pool)} "
+                         f"decode windows pooled, ×{level.anchor_factor:.3f}")
     if engine_itls and level.sim_itl_s > 0:
         factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests)
         level.step_time_factor = factor
@@ -284,12 +298,9 @@ class LevelFidelity:
     step_time_factor: float = math.nan
     conditioned: Any = None
     anchor_factors: list[float] = field(default_factory=list)
+    #: the factor the simulation ran at: every reading's decode windows pooled (NaN without anchors)
+    anchor_factor: float = math.nan
     unanchored: Any = None
-
-    @property
-    def anchor_factor(self) -> float:
-        """The median speed-anchor reading the simulation ran at (NaN without anchors)."""
-        return float(np.median(self.anchor_factors)) if self.anchor_factors else math.nan
 
     @property
     def engine_drift(self) -> float:
@@ -339,9 +350,9 @@ class FidelityResult:
 
             lines += [f"Speed anchor: the engine's speed re-measured with calibration groups ({a['groups']} closed "
                       f"groups of {a['concurrency']} requests of {a['prompt_tokens']} + {a['output_tokens']} tokens) "
-                      "before every live repeat and after the last; the simulation (sim, error, "
-                      "verdict) runs at the median reading (each divided by the calibration's own reading of the same groups "
-                      "where the perf model has one), shown as how much slower (+) than calibrated. Error at "
+                      "before every live repeat and after the last; the simulation (sim, error, verdict) runs at "
+                      "the readings' decode windows pooled (divided by the calibration's own reading of the same "
+                      "groups where the perf model has one), shown as how much slower (+) than calibrated. Error at "
                       "the calibration's speed: the same simulation without it.", ""]
         head = ["load", "req/s", "metric", "sim ms", "live ms (median)", "live runs ms", "error", "live spread",
                 "tolerance", "verdict"] + (["speed anchor", "error at calibration speed"] if anchored else []) \
@@ -371,6 +382,7 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
                    tolerances: Mapping[str, float] = TOLERANCES, judge_spread: float = 0.10,
                    warmup_requests: int = 100, engine_url: str | None = None, anchor: bool = False,
                    anchor_model: str | None = None, anchor_reference: float | None = None,
+                   anchor_shape: Mapping[str, int] | None = None,
                    log: Log | None = None) -> FidelityResult:
     """Measure saturation (unless given), then :func:`fidelity_at` every level (``engine_url``: the
     engine's measured speed beside every level; ``anchor``: the simulation re-anchored to the
@@ -389,7 +401,8 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
         if log:
             log(f"level {level:.0%}: {rate:.1f} req/s")
         lf = fidelity_at(scenario, target, rate, requests=requests, repeats=repeats, engine_url=engine_url,
-                         anchor=anchor, anchor_model=anchor_model, anchor_reference=anchor_reference, log=log)
+                         anchor=anchor, anchor_model=anchor_model, anchor_reference=anchor_reference,
+                         anchor_shape=anchor_shape, log=log)
         levels_out[level] = lf
         t = lf.comparison.table
         for metric, tol in tolerances.items():
