@@ -126,9 +126,10 @@ def test_cli_quick_sweep(emulated_url, tmp_path, capsys):
     args = parser.parse_args(["calibrate", "--target", emulated_url + "/v1", "--model", "emu/model",
                               "--out", str(out), "--quick", "--prompt-lengths", "32,512",
                               "--concurrencies", "1,4", "--output-lengths", "24", "--repeats", "1",
-                              "--plot", str(tmp_path / "p.png"), "--quiet"])
+                              "--plot", str(tmp_path / "p.png"), "--quiet", "--anchor-readings", "3"])
     assert args.func(args) == 0
     assert load_perf_model_file(out).c0_s > 0
+    assert json.loads(out.read_text())["speed_anchor_windows"] == 3 * 4   # 3 anchor groups × 4 decode windows
     assert (tmp_path / "p.png").exists()
     assert "saved" in capsys.readouterr().out
 

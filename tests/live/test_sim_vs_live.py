@@ -21,12 +21,15 @@ What is asserted:
 - the anchor reads the engine's speed: within 25 points of the engine's own inter-token latency
   during the repeats (vLLM's ``/metrics``, an independent measurement; 0.3–7.7 points apart at
   10 of 12 levels of runs F–H, 12.8 and 15.8 points at the worst levels of run H and of this test's
-  own run: the engine's speed over any 5-s reading moves ±10 % on this host, docs/fidelity.md §8);
-- every error within 40 % plus the live spread, the guard kept from the tiny model (at this level
-  the anchored errors were −23.6 … +0.5 % in runs F–H and this test's own run; at 50 % in run D,
-  where the anchor was 17 points off, +33.5 %). The strict criterion
-  (E2E within 10 %, TTFT within 15 %, where the live repeats agree within 10 %) is printed, not
-  asserted: on this shared host it holds in most runs, not in every one;
+  own run with readings of five groups: the engine's speed over any 5 s moves ±10 % on this host,
+  docs/fidelity.md §8; 2.2–5.8 points with the readings pooled, §9);
+- issue 4's criterion: every row whose live repeats agree within 10 % is within tolerance (E2E p50
+  and p90 within 10 %, TTFT p50 within 15 %). Asserted since the anchor pools four readings of twelve
+  groups (about 48 s of the engine's time, docs/fidelity.md §9): at this level the judged errors were
+  then −7.3 … +0.2 % in the benchmark and −6.2 … −2.4 % in this test's runs; with four readings of
+  five groups the anchor was once 15.8 points from the engine and TTFT −23.6 %;
+- every error within 40 % plus the live spread, the guard kept from the tiny model, for the rows
+  the criterion does not judge;
 - at the engine's measured speed, E2E p50/p90 and TTFT p50 within 15 % plus the spread: the model
   (batching, queueing, the frontend) with the machine's drift taken out.
 """
@@ -91,6 +94,7 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(s
     assert len(level.anchor_factors) == 4 and len(level.engine_itls_s) == 3, result.to_markdown()
     assert abs(t.loc["e2e_p50_s", "anchor"] - t.loc["e2e_p50_s", "engine_drift"]) <= ANCHOR_TO_ENGINE, \
         result.to_markdown()
+    assert judged_rows["ok"].all(), result.to_markdown()
     assert (t["rel_error"].abs() <= GROSS_ERROR + t["live_spread"]).all(), result.to_markdown()
     judged = t.loc[["e2e_p50_s", "e2e_p90_s", "ttft_p50_s"]]
     assert (judged["conditioned_error"].abs() <= CONDITIONED_ERROR + judged["live_spread"]).all(), \
