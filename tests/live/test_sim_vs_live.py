@@ -25,7 +25,7 @@ What is asserted:
   docs/fidelity.md §8; 0.4–8.1 points at 14 levels with the readings pooled, §9);
 - issue 4's criterion: every row whose live repeats agree within 10 % is within tolerance (E2E p50
   and p90 within 10 %, TTFT p50 within 15 %). Asserted since the anchor pools four readings of twelve
-  groups (about 48 s of the engine's time, docs/fidelity.md §9): at this level the judged errors were
+  groups (about 55 s of the engine's time, docs/fidelity.md §9): at this level the judged errors were
   then −8.2 … +3.7 % in the benchmark and −6.2 … −0.4 % in this test's runs; with four readings of
   five groups the anchor was once 15.8 points from the engine and TTFT −23.6 %;
 - every error within 40 % plus the live spread, the guard kept from the tiny model, for the rows
