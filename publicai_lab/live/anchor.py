@@ -43,7 +43,7 @@ import numpy as np
 from publicai_lab.errors import PublicAILabError
 
 __all__ = ["speed_factor", "speed_factor_async", "speed_windows", "speed_windows_async", "anchor_windows",
-           "factor_from_windows", "calibrated_reference", "ANCHOR_SHAPE"]
+           "factor_from_windows", "checked_factor", "calibrated_reference", "ANCHOR_SHAPE"]
 
 #: the anchor's groups: a batch of 8 (the middle of the calibration's concurrencies), prompts and
 #: outputs near the workloads' medians. Twelve groups take about 14 s with the small model on one core:
@@ -97,13 +97,18 @@ async def speed_windows_async(target: str, model: str, *, seed: int = 0, api_key
         return await anchor_windows(client, pool, np.random.default_rng(seed), **shape)
 
 
-async def speed_factor_async(target: str, model: str, perf: Any, **kwargs: Any) -> float:
-    """:func:`speed_factor` inside a running event loop."""
-    windows = await speed_windows_async(target, model, **kwargs)
+def checked_factor(windows: Sequence[Mapping[str, float]], perf: Any, target: str) -> float:
+    """:func:`factor_from_windows`, or a one-line error naming ``target`` where the windows give no
+    positive factor (none at all, say)."""
     factor = factor_from_windows(windows, perf)
     if not (factor > 0 and math.isfinite(factor)):
         raise PublicAILabError(f"speed anchor at {target}: got factor {factor!r} from {len(windows)} decode windows")
     return factor
+
+
+async def speed_factor_async(target: str, model: str, perf: Any, **kwargs: Any) -> float:
+    """:func:`speed_factor` inside a running event loop."""
+    return checked_factor(await speed_windows_async(target, model, **kwargs), perf, target)
 
 
 def calibrated_reference(perf_model: str | Path) -> float | None:

@@ -186,7 +186,7 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     of :func:`~publicai_lab.live.anchor.anchor_windows` over :data:`~publicai_lab.live.anchor.ANCHOR_SHAPE`
     (``groups``: fewer for a quick look; keep the calibration's shape, or its reference no longer applies)."""
     from publicai_lab.analysis.compare import compare
-    from publicai_lab.live.anchor import factor_from_windows, speed_windows
+    from publicai_lab.live.anchor import checked_factor, factor_from_windows, speed_windows
     from publicai_lab.live.loadgen import run_live
     from publicai_lab.perf import engine_params_for
     from publicai_lab.sim.run import simulate
@@ -201,12 +201,13 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     served = anchor_model or sc.resolve_model(cluster.model)
 
     anchor_pool: list[dict[str, float]] = []
+    reference = anchor_reference or 1.0
 
     def read_anchor() -> float:
         """One reading: its windows join the level's pool; its own factor is kept for the notes."""
         windows = speed_windows(str(engine_url), served, seed=len(anchors), **(anchor_shape or {}))
         anchor_pool.extend(windows)
-        return factor_from_windows(windows, perf) / (anchor_reference or 1.0)
+        return factor_from_windows(windows, perf) / reference
 
     if warmup_requests:
         run_live(sc.with_overrides(seed=sc.seed + 1), target, requests=warmup_requests, progress=False,
@@ -231,10 +232,7 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     if anchor:
         anchors.append(read_anchor())
         unanchored = compare(sim.requests, live_repeats=lives, title=f"{title}, at the calibration's speed")
-        factor = factor_from_windows(anchor_pool, perf) / (anchor_reference or 1.0)
-        if not (factor > 0 and math.isfinite(factor)):
-            raise PublicAILabError(f"speed anchor at {engine_url}: got factor {factor!r} from {len(anchor_pool)} "
-                                   "decode windows")
+        factor = checked_factor(anchor_pool, perf, str(engine_url)) / reference
         sim = simulate_at_speed(sc, perf, factor, requests=requests)
         title += f", step times ×{factor:.3f} (speed anchor)"
     cmp = compare(sim.requests, live_repeats=lives, title=title)
