@@ -60,7 +60,7 @@ from publicai_lab.errors import ScenarioError
 
 __all__ = [
     "Scenario", "HardwareSpec", "ModelGeometry", "ModelSpec", "Partner", "Cluster", "Window",
-    "EngineConfig", "PerfCoefficients", "Network", "Workload", "ClientRegion", "Tier",
+    "EngineConfig", "SpeedJitter", "PerfCoefficients", "Network", "Workload", "ClientRegion", "Tier",
     "PoissonArrivals", "GammaArrivals", "DiurnalArrivals", "TraceArrivals", "Arrivals",
     "FixedLength", "UniformLength", "LognormalLength", "GeometricLength", "EmpiricalLength",
     "TraceLength", "LengthDist", "Gateway", "PolicyRef", "SLO", "Fault",
@@ -248,6 +248,24 @@ class EngineConfig(_Model):
     kv_cache_tokens: int | None = Field(None, ge=1, description="Override the computed KV capacity, tokens per replica.")
 
 
+class SpeedJitter(_Model):
+    """The engine's speed wandering over seconds: every ``interval_s`` the replica's step times are
+    multiplied by exp(x), x an Ornstein–Uhlenbeck process (mean 0, standard deviation ``sd``,
+    correlation time ``correlation_s``), one independent path per replica drawn from the scenario's seed
+    (and ``path``: the same workload under another path of the speed).
+
+    Why: on a shared host (or a GPU with thermal or power caps, or noisy neighbours) the same
+    batch takes ±10 % from one few-second stretch to the next. Near saturation those stretches
+    are transient overloads: the queue they leave lengthens the latency tail well beyond what a
+    constant speed gives (docs/fidelity.md §10). None/0: a constant speed (vLLM on a dedicated GPU)."""
+
+    sd: float = Field(ge=0, le=1, description="Standard deviation of the log of the step-time factor (0.05: ±5 %).")
+    correlation_s: float = Field(10.0, gt=0, description="Correlation time of the speed's wandering, s.")
+    interval_s: float = Field(1.0, gt=0, description="How often the speed changes (a new draw), s of simulated time.")
+    path: int = Field(0, ge=0, description="Which of the seed's paths: another path, the same workload "
+                      "(to average a result over several paths of the speed).")
+
+
 class PerfCoefficients(_Model):
     """Step time of one engine iteration, seconds:
     c0 + c_prefill*prefill_tokens + c_prefill_sq*prefill_tokens^2 + c_decode*decode_seqs + c_ctx*context_tokens."""
@@ -316,6 +334,9 @@ class Cluster(_Model):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine arguments.")
     perf_model: PerfModelRef | None = Field(
         None, description="Name of data/perf_models/NAME.json, inline coefficients, or null for the roofline prior.")
+    speed_jitter: SpeedJitter | None = Field(
+        None, description="The engines' speed wandering over seconds (sd of log step-time factor, correlation "
+                          "time); null: constant speed.")
     base_url: str | None = Field(None, description="Live OpenAI-compatible endpoint, if any.")
     replica_balancer: Literal["least_loaded", "round_robin"] = Field(
         "least_loaded", description="How the cluster's own load balancer spreads requests over replicas.")

@@ -312,3 +312,49 @@ def test_each_request_in_flight_adds_the_per_stream_latency():
     in_flight = 40.0 * base["e2e_s"].mean()
     added_s = slowed["ttft_s"].mean() - base["ttft_s"].mean()
     assert added_s == pytest.approx(0.001 * in_flight, rel=0.25)
+
+
+def test_a_slowdown_during_a_request_applies_from_the_next_step():
+    # one request alone: a prefill step and 99 decode steps of 10 ms, 1.0 s in all; a x3 slowdown
+    # 0.505 s after it arrives leaves the step then running at 10 ms (it ends at 0.51 s) and the
+    # 49 steps after it at 30 ms. (The engine once kept the old speed to the end of a decode run.)
+    base = single_cluster(requests=1, rate_per_s=1.0, c0_s=0.01)
+    alone = run(base).requests.iloc[0]
+    assert alone["e2e_s"] == pytest.approx(1.0)
+    slowed = run(single_cluster(requests=1, rate_per_s=1.0, c0_s=0.01, faults=[
+        {"kind": "slowdown", "cluster": "p/c", "at_s": float(alone["arrival_s"]) + 0.505, "factor": 3.0}])).requests
+    assert slowed.iloc[0]["e2e_s"] == pytest.approx(0.51 + 49 * 0.03)
+
+
+def _with_jitter(d: dict, **jitter) -> dict:
+    d = copy.deepcopy(d)
+    d["partners"][0]["clusters"][0]["speed_jitter"] = jitter
+    return d
+
+
+def test_speed_jitter_moves_step_times_deterministically_and_zero_changes_nothing():
+    base = single_cluster(requests=200, rate_per_s=2.0, c0_s=0.01, max_num_seqs=8)
+    plain = run(base).requests
+    pd.testing.assert_frame_equal(run(_with_jitter(base, sd=0.0)).requests, plain)
+    jittered = run(_with_jitter(base, sd=0.3, correlation_s=3.0)).requests
+    pd.testing.assert_frame_equal(run(_with_jitter(base, sd=0.3, correlation_s=3.0)).requests, jittered)
+    other_path = run(_with_jitter(base, sd=0.3, correlation_s=3.0, path=1)).requests
+    for frame in (jittered, other_path):      # the same workload, request for request
+        for col in ("arrival_s", "prompt_tokens", "output_tokens"):
+            assert frame[col].tolist() == plain[col].tolist()
+    # a request lasts about 1 s: its stretch is the mean of exp(x) over its life, x of sd 0.3
+    log_stretch = np.log(jittered["e2e_s"] / plain["e2e_s"])
+    assert 0.1 < log_stretch.std() < 0.35 and abs(log_stretch.median()) < 0.1
+    assert not np.allclose(other_path["e2e_s"], jittered["e2e_s"])
+
+
+def test_ou_values_are_stationary_with_the_given_sd_and_correlation_time():
+    from itertools import islice
+
+    from publicai_lab.sim.jitter import ou_values
+
+    xs = np.fromiter(islice(ou_values(np.random.default_rng(3), sd=0.1, interval_s=1.0, correlation_s=4.0), 40_000),
+                     float)
+    assert xs.std() == pytest.approx(0.1, rel=0.05)
+    assert np.corrcoef(xs[:-1], xs[1:])[0, 1] == pytest.approx(np.exp(-0.25), abs=0.02)
+    assert np.corrcoef(xs[:-8], xs[8:])[0, 1] == pytest.approx(np.exp(-2.0), abs=0.03)

@@ -35,6 +35,11 @@ def schedule_faults(env: simpy.Environment, scenario: Any, backends: dict[str, B
     def up(b: Backend) -> None:
         b.set_up(True)
 
+    def set_slowdown(b: Backend, factor: float) -> None:
+        for r in b.replicas:
+            r.slowdown = factor
+            r.speed_changed(env.now)
+
     for partner, cluster in scenario.clusters():
         b = backends[scenario.backend_id(partner, cluster)]
         windows = sorted((w.start_s, w.end_s) for w in cluster.availability)
@@ -55,12 +60,9 @@ def schedule_faults(env: simpy.Environment, scenario: Any, backends: dict[str, B
             if end is not None:
                 _at(env, end, lambda b=b: up(b))
         elif fault.kind == "slowdown":
-            def slow(b: Backend = b, f: float = fault.factor) -> None:
-                for r in b.replicas:
-                    r.slowdown = f
-            _at(env, fault.at_s, slow)
+            _at(env, fault.at_s, lambda b=b, f=fault.factor: set_slowdown(b, f))
             if end is not None:
-                _at(env, end, lambda b=b: [setattr(r, "slowdown", 1.0) for r in b.replicas])
+                _at(env, end, lambda b=b: set_slowdown(b, 1.0))
         elif fault.kind == "withdraw":
             n = fault.replicas if fault.replicas is not None else len(b.replicas)
             _at(env, fault.at_s, lambda b=b, n=n: lost(b.withdraw(n), "capacity_withdrawn"))

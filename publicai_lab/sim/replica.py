@@ -89,7 +89,8 @@ class Replica:
         self.chunked = params.enable_chunked_prefill
         self.on_finish = on_finish
         self.on_reject = on_reject
-        self.slowdown = 1.0
+        self.slowdown = 1.0                   # a slowdown fault's factor (sim/faults.py)
+        self.jitter = 1.0                     # the speed's wandering over seconds (sim/jitter.py)
 
         self.waiting: deque[Seq] = deque()
         self.running: dict[int, Seq] = {}     # admission order -> seq (prefilling and decoding)
@@ -109,6 +110,7 @@ class Replica:
         self._run_k = 0
         self._run_a = 0.0
         self._run_b = 0.0
+        self._run_f = 1.0                     # speed factor the current decode run was timed with
         self._chunks: list[tuple[Seq, int]] = []
 
         self.up = True
@@ -358,7 +360,7 @@ class Replica:
             done = seq.computed
             prefill_sq += (done + c) * (done + c) - done * done
             ctx += done
-        dt = self.slowdown * (self._c0 + self._cp * prefill + self._cpp * prefill_sq
+        dt = self.slowdown * self.jitter * (self._c0 + self._cp * prefill + self._cpp * prefill_sq
                               + self._cd * self.n_decode + self._cc * ctx)
         self._chunks = chunks
         self.mode = STEP
@@ -447,6 +449,7 @@ class Replica:
         a = self._c0 + self._cd * n + self._cc * (self.ctx_a + n * s0)
         b = self._cc * n
         self._run_a, self._run_b = a, b
+        self._run_f = self.slowdown * self.jitter
         self._run_k = k
         self._run_start_s = now
         self.mode = RUN
@@ -470,11 +473,11 @@ class Replica:
         return lo
 
     def _run_time(self, k: int) -> float:
-        return self.slowdown * (self._run_a * k + self._run_b * k * (k - 1) * 0.5)
+        return self._run_f * (self._run_a * k + self._run_b * k * (k - 1) * 0.5)
 
     def _steps_done_by(self, elapsed: float) -> int:
         """Whole steps of the current run finished ``elapsed`` seconds after it started."""
-        a, b, f = self._run_a, self._run_b, self.slowdown
+        a, b, f = self._run_a, self._run_b, self._run_f
         e = elapsed / f
         if b <= 0.0:
             k = int(e / a)
@@ -486,6 +489,13 @@ class Replica:
         while self._run_time(k + 1) <= elapsed:
             k += 1
         return k
+
+    def speed_changed(self, now: float) -> None:
+        """``slowdown`` or ``jitter`` changed: a decode run in progress was timed at the old speed,
+        so end it at its next step boundary; the steps after run at the new speed. A step with
+        prefill in progress keeps its duration (a step is not interrupted)."""
+        if self.mode == RUN:
+            self._truncate_run(now)
 
     def _truncate_run(self, now: float) -> None:
         """Something needs the scheduler: end the current decode run at the next step boundary."""

@@ -1,9 +1,10 @@
 """``simulate(scenario)``: wire the federation together, run the clock, return a ``SimResult``.
 
 Randomness: one ``numpy.random.SeedSequence(seed)`` spawns independent streams — the workload
-(arrivals, lengths, regions, tiers) and the router (policy draws). The replica model itself is
-deterministic. Same scenario + seed → identical records; a different policy sees the very same
-workload, so policies can be compared request for request.
+(arrivals, lengths, regions, tiers), the router (policy draws) and the engines' speed wandering
+(clusters with ``speed_jitter``; ``sim/jitter.py``). The replica model itself is deterministic.
+Same scenario + seed → identical records; a different policy sees the very same workload, so
+policies can be compared request for request.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from publicai_lab.records import COLUMNS, frame_from_columns
 from publicai_lab.sim.backend import Backend
 from publicai_lab.sim.faults import schedule_faults
 from publicai_lab.sim.gateway import GatewayModel
+from publicai_lab.sim.jitter import schedule_speed_jitter
 from publicai_lab.types import RequestSpec
 
 __all__ = ["simulate", "SimResult", "resolve_policy"]
@@ -155,7 +157,8 @@ def simulate(scenario: Any, *, seed: int | None = None, policy: Any = None,
     policy_name = getattr(pol, "name", type(pol).__name__)
     run_id = run_id or f"sim-{scenario.name}-{policy_name}-{seed}"
 
-    workload_ss, router_ss = np.random.SeedSequence(seed).spawn(2)
+    # spawn(3)'s first two children are spawn(2)'s: adding the jitter stream changed no earlier run
+    workload_ss, router_ss, jitter_ss = np.random.SeedSequence(seed).spawn(3)
     workload_rng = np.random.default_rng(workload_ss)
     router_rng = np.random.default_rng(router_ss)
 
@@ -201,6 +204,7 @@ def simulate(scenario: Any, *, seed: int | None = None, policy: Any = None,
                            max_context=max_context, on_done=on_done)
     gateway.horizon_s = horizon
     schedule_faults(env, scenario, backends, gateway.lost)
+    schedule_speed_jitter(env, scenario, backends, np.random.default_rng(jitter_ss))
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
