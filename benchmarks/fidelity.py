@@ -21,7 +21,8 @@ calibrate (``--calibrate``: the step from the server, the frontend's probes thro
 ``--probe-path``) or load ``--perf-model``; measure saturation (closed loop at
 a full batch); at 25/50/75/90 % of it replay the scenario's workload ``--repeats`` times live and once
 in the simulator (same seed: the same requests); print the table with the live spread beside every
-error, and write it (Markdown and CSV) to ``--out``. The simulation runs at the engine's speed as
+error, and write it (Markdown and CSV) to ``--out``, with every request record under ``records/`` and
+the E2E CDFs of all levels (``fidelity_e2e_cdfs.png``). The simulation runs at the engine's speed as
 re-measured by calibration groups before every repeat and after the last, against the
 calibration's own reading of the same groups (the speed anchor; the error at the calibration's own
 speed is shown beside it; ``--no-anchor`` to skip).
@@ -37,9 +38,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from publicai_lab.live.fidelity import LEVELS, fidelity_table, one_server_scenario  # noqa: E402
+from publicai_lab.live.fidelity import LEVELS, FidelityResult, fidelity_table, one_server_scenario  # noqa: E402
 from publicai_lab.live.tiny_model import TOY_VLLM_ARGS  # noqa: E402
 
+
+
+def save_records_and_cdfs(result: FidelityResult, out: Path) -> None:
+    """Every level's request records (the simulation, each live repeat, the simulation at the
+    engine's measured speed) and speed-anchor windows under ``out/records/``, and the E2E CDFs of all levels in one figure:
+    the table's percentiles say how far apart, the records say where in the distribution."""
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = out / "records"
+    records.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(result.levels), figsize=(4.2 * len(result.levels), 3.6), squeeze=False)
+    for ax, (level, lf) in zip(axes[0], result.levels.items()):
+        tag = f"level{round(level * 100):02d}"
+        lf.comparison.sim_frame.to_parquet(records / f"{tag}_sim.parquet")
+        for k, frame in enumerate(lf.comparison.live_frames, 1):
+            frame.to_parquet(records / f"{tag}_live{k}.parquet")
+        if lf.conditioned is not None:
+            lf.conditioned.sim_frame.to_parquet(records / f"{tag}_sim_at_engine_speed.parquet")
+        if lf.anchor_readings:
+            pd.DataFrame([{"reading": r, **w} for r, windows in enumerate(lf.anchor_readings) for w in windows]
+                         ).to_csv(records / f"{tag}_anchor_windows.csv", index=False)
+        lf.comparison.plot_cdfs("e2e_s", ax=ax)
+        ax.set_title(f"{level:.0%} of saturation")
+    fig.tight_layout()
+    fig.savefig(out / "fidelity_e2e_cdfs.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -122,6 +153,7 @@ def main() -> int:
           f"{args.repeats} live repeats a level, wall {time.perf_counter() - t0:.0f} s.\n\n" + result.to_markdown())
     (out / "fidelity.md").write_text(md)
     result.table.to_csv(out / "fidelity.csv", index=False)
+    save_records_and_cdfs(result, out)
     print(md)
     print(f"all judged rows within tolerance: {'yes' if result.passed else 'NO'}; written to {out}")
     return 0 if result.passed else 1

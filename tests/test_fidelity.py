@@ -95,6 +95,7 @@ def test_speed_anchor_reanchors_the_simulation_to_the_engine_it_measures():
     assert len(level.anchor_factors) == 3, level.anchor_factors          # before each repeat, after the last
     # the simulation runs at all readings' decode windows pooled: 3 readings × 4 groups × 4 windows
     assert "simulated at their 48 decode windows pooled" in result.to_markdown(), result.to_markdown()
+    assert [len(windows) for windows in level.anchor_readings] == [16, 16, 16]   # kept, reading by reading
     assert min(level.anchor_factors) <= level.anchor_factor <= max(level.anchor_factors), level
     assert t.loc["e2e_p50_s", "anchor"] == pytest.approx(0.30, abs=0.08), result.to_markdown()
     assert t.loc["e2e_p50_s", "unanchored_error"] < -0.15, result.to_markdown()

@@ -200,13 +200,13 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     perf = engine_params_for(sc, partner, cluster).perf
     served = anchor_model or sc.resolve_model(cluster.model)
 
-    anchor_pool: list[dict[str, float]] = []
+    readings: list[list[dict[str, float]]] = []
     reference = anchor_reference or 1.0
 
     def read_anchor() -> float:
         """One reading: its windows join the level's pool; its own factor is kept for the notes."""
         windows = speed_windows(str(engine_url), served, seed=len(anchors), **(anchor_shape or {}))
-        anchor_pool.extend(windows)
+        readings.append(windows)
         return factor_from_windows(windows, perf) / reference
 
     if warmup_requests:
@@ -232,12 +232,14 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     if anchor:
         anchors.append(read_anchor())
         unanchored = compare(sim.requests, live_repeats=lives, title=f"{title}, at the calibration's speed")
+        anchor_pool = [w for windows in readings for w in windows]
         factor = checked_factor(anchor_pool, perf, str(engine_url)) / reference
         sim = simulate_at_speed(sc, perf, factor, requests=requests)
         title += f", step times ×{factor:.3f} (speed anchor)"
     cmp = compare(sim.requests, live_repeats=lives, title=title)
     level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests), anchor_factors=anchors,
-                          anchor_factor=factor if anchor else math.nan, unanchored=unanchored)
+                          anchor_factor=factor if anchor else math.nan, unanchored=unanchored,
+                          anchor_readings=readings)
     if anchors:
         against = f" against the calibration's own reading ×{anchor_reference:.3f}" if anchor_reference else ""
         cmp.notes.append(f"speed anchors (calibration groups before each repeat and after the last{against}): "
@@ -296,6 +298,8 @@ class LevelFidelity:
     #: the factor the simulation ran at: every reading's decode windows pooled (NaN without anchors)
     anchor_factor: float = math.nan
     unanchored: Any = None
+    #: every anchor reading's decode windows (step_s, decode_seqs, context_tokens), in the order taken
+    anchor_readings: list[list[dict[str, float]]] = field(default_factory=list)
 
     @property
     def engine_drift(self) -> float:
