@@ -127,12 +127,14 @@ def main() -> int:
         with gw.serve() as url:
             perf = args.perf_model or base.clusters()[0][1].perf_model
             reference = calibrated_reference(perf) if isinstance(perf, str) else None
+            prefill_reference = calibrated_reference(perf, "prefill") if isinstance(perf, str) else None
             if args.calibrate:
                 # the frontend's chat probes take the replays' path (gateway, then server) unless told
                 cal = calibrate(server.base_url, model_name, **FULL, progress=True,
                                 hardware=f"cpu-1core (engine on CPU {args.engine_cpu})",
                                 probe_target=url if args.probe_path == "gateway" else None)
                 perf, reference = cal.model, cal.meta["speed_anchor"]
+                prefill_reference = cal.meta.get("speed_anchor_prefill")
                 cal.save(out / "calibration.json")
                 cal.plot_residuals(out / "calibration_residuals.png")
                 log(repr(cal))
@@ -143,7 +145,8 @@ def main() -> int:
             result = fidelity_table(scenario, url, levels=[float(x) for x in args.levels.split(",")],
                                     saturation_rps=args.saturation_rps, requests=args.requests,
                                     repeats=args.repeats, log=log, engine_url=server.base_url,
-                                    anchor=args.anchor, anchor_model=model_name, anchor_reference=reference)
+                                    anchor=args.anchor, anchor_model=model_name, anchor_reference=reference,
+                                    anchor_prefill_reference=prefill_reference)
     finally:
         server.stop()
     perf_label = "calibrated now (FULL)" if args.calibrate else (args.perf_model or "the scenario's")

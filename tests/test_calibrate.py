@@ -58,6 +58,9 @@ def test_recovers_known_coefficients(calibration):
     # the speed anchor's reference: its groups, spread over the sweep, against the fitted model
     assert calibration.meta["speed_anchor"] == pytest.approx(1.0, abs=0.15), calibration.meta
     assert calibration.meta["speed_anchor_windows"] >= 12
+    # and its engine-timed prefills, one after every group, against the fitted prompt-token terms
+    assert calibration.meta["speed_anchor_prefill"] == pytest.approx(1.0, abs=0.15), calibration.meta
+    assert calibration.meta["speed_anchor_prefills"] >= 3
     # /metrics histograms were read: the server-side TTFT of a lone request is one prefill step
     lone = calibration.cells.query("concurrency == 1").set_index("prompt_tokens")
     for p, row in lone.iterrows():
@@ -129,7 +132,9 @@ def test_cli_quick_sweep(emulated_url, tmp_path, capsys):
                               "--plot", str(tmp_path / "p.png"), "--quiet", "--anchor-readings", "3"])
     assert args.func(args) == 0
     assert load_perf_model_file(out).c0_s > 0
-    assert json.loads(out.read_text())["speed_anchor_windows"] == 3 * 4   # 3 anchor groups × 4 decode windows
+    saved = json.loads(out.read_text())
+    assert saved["speed_anchor_windows"] == 3 * 4   # 3 anchor groups × 4 decode windows
+    assert saved["speed_anchor_prefills"] == 3      # and a lone prefill after each
     assert (tmp_path / "p.png").exists()
     assert "saved" in capsys.readouterr().out
 

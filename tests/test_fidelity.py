@@ -8,6 +8,8 @@ not the model.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
@@ -95,7 +97,9 @@ def test_speed_anchor_reanchors_the_simulation_to_the_engine_it_measures():
     assert len(level.anchor_factors) == 3, level.anchor_factors          # before each repeat, after the last
     # the simulation runs at all readings' decode windows pooled: 3 readings × 4 groups × 4 windows
     assert "simulated at their 48 decode windows pooled" in result.to_markdown(), result.to_markdown()
-    assert [len(windows) for windows in level.anchor_readings] == [16, 16, 16]   # kept, reading by reading
+    # kept, reading by reading: 4 groups × 4 decode windows, and a lone prefill after every group
+    assert [len(windows) for windows in level.anchor_readings] == [20, 20, 20]
+    assert math.isnan(level.anchor_prefill_factor)        # no prefill reference: prompt tokens at the decode factor
     assert min(level.anchor_factors) <= level.anchor_factor <= max(level.anchor_factors), level
     assert t.loc["e2e_p50_s", "anchor"] == pytest.approx(0.30, abs=0.08), result.to_markdown()
     assert t.loc["e2e_p50_s", "unanchored_error"] < -0.15, result.to_markdown()
@@ -115,6 +119,36 @@ def test_speed_anchor_is_read_against_the_calibrations_own_reading():
     assert "against the calibration's own reading ×1.300" in result.to_markdown()
 
 
+def test_the_anchors_prefills_set_the_prompt_token_terms_apart():
+    """An engine whose decode steps are 30 % slower than its perf model and whose prompt tokens are
+    not: the anchor's engine-timed prefills read the prompt-token terms at their own factor, and the
+    simulation at both factors agrees with the replay (a uniform factor would slow its prefills too)."""
+    perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=2e-4, request_overhead_s=0.005)
+    sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"), perf)
+    engine = one_server_scenario(sc, scaled_step_times(perf, 1.3, prefill_factor=1.0))
+    with EmulatedBackend.from_scenario(engine, sc.backend_id(*sc.clusters()[0])).serve() as url:
+        result = fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
+                                warmup_requests=20, engine_url=url, anchor=True, anchor_shape={"groups": 4},
+                                anchor_reference=1.0, anchor_prefill_reference=1.0)
+    t = result.table.set_index("metric")
+    level = result.levels[0.3]
+    assert level.anchor_factor == pytest.approx(1.3, abs=0.08), result.to_markdown()
+    assert level.anchor_prefill_factor == pytest.approx(1.0, abs=0.08), result.to_markdown()
+    assert t.loc["e2e_p50_s", "anchor_prefill"] == pytest.approx(0.0, abs=0.08)
+    assert abs(t.loc["e2e_p50_s", "rel_error"]) < 0.10, result.to_markdown()
+    assert "engine-timed prefills pooled" in result.to_markdown()
+
+
+def test_scaled_step_times_sets_the_prompt_token_terms_apart():
+    perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_prefill_sq_s=1e-9, c_decode_s=2e-4, c_ctx_s=1e-6,
+                         request_overhead_s=0.005)
+    both = scaled_step_times(perf, 1.5, prefill_factor=0.8)
+    assert (both.c0_s, both.c_decode_s, both.c_ctx_s) == pytest.approx((0.006, 3e-4, 1.5e-6))
+    assert (both.c_prefill_s, both.c_prefill_sq_s) == pytest.approx((1.6e-5, 0.8e-9))
+    assert both.request_overhead_s == perf.request_overhead_s                 # the frontend is not the engine
+    assert scaled_step_times(perf, 1.5).c_prefill_s == pytest.approx(3e-5)    # one factor for all
+
+
 def test_speed_anchor_needs_the_server_itself():
     from publicai_lab.errors import PublicAILabError
     from publicai_lab.live.fidelity import fidelity_at
@@ -123,3 +157,6 @@ def test_speed_anchor_needs_the_server_itself():
         fidelity_at(sc, "http://127.0.0.1:9", 10.0, anchor=True)
     with pytest.raises(PublicAILabError, match="anchor_reference"):
         fidelity_at(sc, "http://127.0.0.1:9", 10.0, anchor=True, engine_url="http://127.0.0.1:9", anchor_reference=0.0)
+    with pytest.raises(PublicAILabError, match="anchor_prefill_reference"):
+        fidelity_at(sc, "http://127.0.0.1:9", 10.0, anchor=True, engine_url="http://127.0.0.1:9",
+                    anchor_prefill_reference=-1.0)

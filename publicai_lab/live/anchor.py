@@ -17,13 +17,20 @@ live repeat and one after the last, pools their decode windows and simulates at 
 (:func:`speed_windows` + :func:`factor_from_windows`): about a minute of the engine's time per level,
 spread over the level's repeats.
 
+Prompt tokens are read apart. After every group one lone prompt of ``prefill_tokens`` is sent
+with one output token, and the engine's own prefill time of it (vLLM's prefill-time histogram) gives
+the factor on the model's prompt-token terms (:func:`prefill_factor_from_windows`): a prefill step
+is arithmetic on hundreds of tokens at once, a decode step of a few sequences is mostly reading the
+weights, and the host does not slow the two alike (docs/fidelity.md §10); at 75–90 % of saturation
+prefills are half the engine's time.
+
 Read it *against its own reference*. The fitted model is not exact at the anchor's cell (decode
 R² 0.86–0.99: a few per cent at any one shape), so the bare factor carries that cell's residual:
 in one run the engine ran 3 % faster than its model through every replay while the anchor read
 5–10 % faster (docs/fidelity.md §8). ``calibrate`` therefore takes the same groups at evenly spaced
-points of its sweep and stores their factor against the fitted model as ``speed_anchor``; the
-factor to simulate at is a reading divided by that reference — the change of the engine's speed
-since its calibration, on one fixed shape.
+points of its sweep and stores their factor against the fitted model as ``speed_anchor`` (and the
+prefills' as ``speed_anchor_prefill``); the factor to simulate at is a reading divided by that
+reference — the change of the engine's speed since its calibration, on one fixed shape.
 
     >>> from publicai_lab.live.anchor import speed_factor
     >>> speed_factor("http://127.0.0.1:8000", "publicai-lab/small-llama", perf)  # doctest: +SKIP
@@ -43,42 +50,83 @@ import numpy as np
 from publicai_lab.errors import PublicAILabError
 
 __all__ = ["speed_factor", "speed_factor_async", "speed_windows", "speed_windows_async", "anchor_windows",
-           "factor_from_windows", "checked_factor", "calibrated_reference", "ANCHOR_SHAPE"]
+           "factor_from_windows", "prefill_factor_from_windows", "checked_factor", "calibrated_reference",
+           "ANCHOR_SHAPE"]
 
 #: the anchor's groups: a batch of 8 (the middle of the calibration's concurrencies), prompts and
 #: outputs near the workloads' medians. Twelve groups take about 14 s with the small model on one core:
 #: the engine's speed over any 5 s moves ±10 % on this host while a live repeat averages 50–100 s, and
 #: four readings of five groups were 6.8 and 15.8 points from the engine's speed at two levels
-#: (docs/fidelity.md §8–9)
-ANCHOR_SHAPE: dict[str, int] = {"concurrency": 8, "prompt_tokens": 144, "output_tokens": 56, "groups": 12}
+#: (docs/fidelity.md §8–9). After every group one lone prompt of ``prefill_tokens`` (one output
+#: token), its prefill step timed by the engine (vLLM's prefill-time histogram): the host does not
+#: slow a prefill step as it slows a decode step (docs/fidelity.md §10); 0: no prefill probes
+ANCHOR_SHAPE: dict[str, int] = {"concurrency": 8, "prompt_tokens": 144, "output_tokens": 56, "groups": 12,
+                                "prefill_tokens": 512}
 
 
 async def anchor_windows(client: Any, pool: Any, rng: np.random.Generator, *,
                          concurrency: int = ANCHOR_SHAPE["concurrency"], prompt_tokens: int = ANCHOR_SHAPE["prompt_tokens"],
                          output_tokens: int = ANCHOR_SHAPE["output_tokens"],
-                         groups: int = ANCHOR_SHAPE["groups"]) -> list[dict[str, float]]:
-    """Run the anchor's closed groups through ``client`` (calibrate's ``_Client``) and return their
-    decode windows (step_s, decode_seqs, context_tokens): what :func:`factor_from_windows` reads."""
+                         groups: int = ANCHOR_SHAPE["groups"],
+                         prefill_tokens: int = ANCHOR_SHAPE["prefill_tokens"]) -> list[dict[str, float]]:
+    """Run the anchor's closed groups through ``client`` (calibrate's ``_Client``), each followed by
+    one lone prefill of ``prefill_tokens``, and return their observations (step_s, decode_seqs,
+    context_tokens, prefill_tokens): decode windows (decode_seqs > 0) for :func:`factor_from_windows`,
+    engine-timed prefill steps (prefill_tokens > 0; none where the server shows no prefill-time
+    histogram) for :func:`prefill_factor_from_windows`."""
     from publicai_lab.live.calibrate import _WINDOWS, decode_windows
 
-    if concurrency < 1 or groups < 1 or prompt_tokens < 1 or output_tokens < _WINDOWS + 2:
-        raise PublicAILabError(f"speed anchor: needs concurrency >= 1, groups >= 1, prompt_tokens >= 1 and "
-                               f"output_tokens >= {_WINDOWS + 2}; got {concurrency}, {groups}, {prompt_tokens}, "
-                               f"{output_tokens}")
+    if (concurrency < 1 or groups < 1 or prompt_tokens < 1 or output_tokens < _WINDOWS + 2
+            or prefill_tokens < 0):
+        raise PublicAILabError(f"speed anchor: needs concurrency >= 1, groups >= 1, prompt_tokens >= 1, "
+                               f"output_tokens >= {_WINDOWS + 2} and prefill_tokens >= 0; got {concurrency}, "
+                               f"{groups}, {prompt_tokens}, {output_tokens}, {prefill_tokens}")
     windows: list[dict[str, float]] = []
     for _ in range(groups):
         t0 = time.perf_counter()
         traces = await asyncio.gather(*(
             client.stream([int(i) for i in rng.choice(pool, size=prompt_tokens)], output_tokens, t0)
             for _ in range(concurrency)))
-        windows += decode_windows(traces)
+        windows += [{**w, "prefill_tokens": 0} for w in decode_windows(traces)]
+        if prefill_tokens:
+            step = await _engine_prefill_s(client, [int(i) for i in rng.choice(pool, size=prefill_tokens)])
+            if step > 0:
+                windows.append({"step_s": step, "decode_seqs": 0, "context_tokens": 0.0,
+                                "prefill_tokens": prefill_tokens})
     return windows
 
 
+async def _engine_prefill_s(client: Any, prompt_ids: list[int]) -> float:
+    """The engine's own prefill time of one lone request (vLLM's prefill-time histogram around it),
+    NaN where the server shows no such histogram."""
+    from publicai_lab.live.calibrate import _metric_means
+
+    before = await client.metrics()
+    if before is None:
+        return math.nan
+    await client.stream(prompt_ids, 1, time.perf_counter())
+    return _metric_means(before, await client.metrics())["engine_prefill_s"]
+
+
 def factor_from_windows(windows: Sequence[Mapping[str, float]], perf: Any) -> float:
-    """The median over ``windows`` of observed step / ``perf``'s step for the same batch and context
-    (NaN without windows)."""
-    ratios = [w["step_s"] / perf.step_s(0, int(w["decode_seqs"]), w["context_tokens"]) for w in windows]
+    """The median over the decode ``windows`` of observed step / ``perf``'s step for the same batch
+    and context (NaN without any)."""
+    ratios = [w["step_s"] / perf.step_s(0, int(w["decode_seqs"]), w["context_tokens"])
+              for w in windows if w["decode_seqs"] > 0]
+    return float(np.median(ratios)) if ratios else math.nan
+
+
+def prefill_factor_from_windows(windows: Sequence[Mapping[str, float]], perf: Any, decode_factor: float) -> float:
+    """The factor on ``perf``'s prompt-token terms (c_prefill, c_prefill_sq) that fits the engine-timed
+    prefills among ``windows``, the step's constant c0 taken at ``decode_factor`` (it is the decode
+    steps' constant too): the median of (observed − c0·decode_factor) / prompt-token terms. NaN without
+    prefills or without prompt-token terms."""
+    ratios = []
+    for w in windows:
+        p = int(w.get("prefill_tokens", 0))
+        prompt_s = perf.c_prefill_s * p + perf.c_prefill_sq_s * p * p
+        if p > 0 and prompt_s > 0:
+            ratios.append((w["step_s"] - perf.c0_s * decode_factor) / prompt_s)
     return float(np.median(ratios)) if ratios else math.nan
 
 
@@ -111,14 +159,18 @@ async def speed_factor_async(target: str, model: str, perf: Any, **kwargs: Any) 
     return checked_factor(await speed_windows_async(target, model, **kwargs), perf, target)
 
 
-def calibrated_reference(perf_model: str | Path) -> float | None:
-    """The ``speed_anchor`` a calibration saved in a perf-model file (a ``data/perf_models`` name or
-    a path), or None where it has none (fits made before the reference existed, published fits)."""
+def calibrated_reference(perf_model: str | Path, kind: str = "decode") -> float | None:
+    """The reference reading a calibration saved in a perf-model file (a ``data/perf_models`` name or
+    a path): ``speed_anchor`` (``kind="decode"``) or ``speed_anchor_prefill`` (``"prefill"``); None
+    where it has none (fits made before the reference existed, published fits)."""
     import json
 
     from publicai_lab.perf import perf_model_file
 
-    value = json.loads(perf_model_file(perf_model).read_text()).get("speed_anchor")
+    if kind not in ("decode", "prefill"):
+        raise PublicAILabError(f"calibrated_reference: kind must be 'decode' or 'prefill'; got {kind!r}")
+    key = "speed_anchor" if kind == "decode" else "speed_anchor_prefill"
+    value = json.loads(perf_model_file(perf_model).read_text()).get(key)
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 

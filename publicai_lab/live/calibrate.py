@@ -202,7 +202,10 @@ class Calibration:
                       + f"; the frontend probed at {self.meta.get('probe_target', self.meta.get('target', '?'))}."]
         if self.meta.get("speed_anchor"):
             lines += ["", f"Speed anchor's reference reading: ×{self.meta['speed_anchor']:.3f} "
-                          f"({self.meta.get('speed_anchor_windows', '?')} decode windows; publicai_lab.live.anchor)."]
+                          f"({self.meta.get('speed_anchor_windows', '?')} decode windows; publicai_lab.live.anchor)"
+                          + (f"; prefill ×{self.meta['speed_anchor_prefill']:.3f} "
+                             f"({self.meta.get('speed_anchor_prefills', '?')} engine-timed prefills)"
+                             if self.meta.get("speed_anchor_prefill") else "") + "."]
         levels = self.meta.get("stream_probe_levels") or []
         if levels:
             lines += ["", "Chat requests beside running streams (`request_overhead_per_stream_s` is the slope of the gap):",
@@ -598,7 +601,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         chat_after = {int(i) for i in np.linspace(0, len(cells) - 1, n_chat).round()} if n_chat > 0 else set()
         # the speed anchor's groups at evenly spaced points of the sweep: its reference reading
         # against the fitted model (publicai_lab.live.anchor), over the same minutes as the fit
-        from publicai_lab.live.anchor import anchor_windows, factor_from_windows
+        from publicai_lab.live.anchor import anchor_windows, factor_from_windows, prefill_factor_from_windows
 
         anchor_after = collections.Counter(int(i) for i in
                                            np.linspace(0, len(cells) - 1, max(0, anchor_readings)).round())
@@ -731,7 +734,10 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                                     for r in probe_levels.itertuples(index=False)],
             "request_overhead_completions_s": _round(overhead_fit),
             "speed_anchor": _round(factor_from_windows(anchor_seen, fitted)),
-            "speed_anchor_windows": len(anchor_seen),
+            "speed_anchor_windows": sum(1 for w in anchor_seen if w["decode_seqs"] > 0),
+            "speed_anchor_prefill": _round(prefill_factor_from_windows(
+                anchor_seen, fitted, factor_from_windows(anchor_seen, fitted))),
+            "speed_anchor_prefills": sum(1 for w in anchor_seen if w["prefill_tokens"] > 0),
             "client_minus_server_ttft_s": _round(api_overhead)}
     return Calibration(model=fitted, r2=_r2(y, yhat), r2_by_kind=r2_kind,
                        observations=obs, cells=cells_df, meta=meta)

@@ -142,24 +142,35 @@ def mean_itl_s(frame: pd.DataFrame) -> float:
     return float((ok["e2e_s"] - ok["ttft_s"]).sum()) / gaps if gaps > 0 else math.nan
 
 
-def scaled_step_times(perf: Any, factor: float) -> Any:
-    """``perf`` with every step-time coefficient times ``factor``; the frontend's terms unchanged."""
+#: the step-time terms of a prompt's tokens: a separate factor where the anchor timed prefills
+PREFILL_COEFFS = ("c_prefill_s", "c_prefill_sq_s")
+
+
+def scaled_step_times(perf: Any, factor: float, prefill_factor: float | None = None) -> Any:
+    """``perf`` with every step-time coefficient times ``factor`` — the prompt-token terms times
+    ``prefill_factor`` where given; the frontend's terms unchanged."""
     from publicai_lab.live.calibrate import COEFFS
 
-    return replace(perf, **{k: getattr(perf, k) * factor for k in COEFFS}, source=f"{perf.source} ×{factor:.3f}")
+    pf = factor if prefill_factor is None else prefill_factor
+    scaled = {k: getattr(perf, k) * (pf if k in PREFILL_COEFFS else factor) for k in COEFFS}
+    label = f"×{factor:.3f}" + (f", prefill ×{pf:.3f}" if prefill_factor is not None else "")
+    return replace(perf, **scaled, source=f"{perf.source} {label}")
 
 
-def simulate_at_speed(scenario: Any, perf: Any, factor: float, *, requests: int) -> Any:
-    """Simulate the one-server ``scenario`` with ``perf``'s step times × ``factor``."""
+def simulate_at_speed(scenario: Any, perf: Any, factor: float, *, requests: int,
+                      prefill_factor: float | None = None) -> Any:
+    """Simulate the one-server ``scenario`` with ``perf``'s step times × ``factor`` (prompt-token
+    terms × ``prefill_factor`` where given)."""
     from publicai_lab.sim.run import simulate
 
-    return simulate(one_server_scenario(scenario, scaled_step_times(perf, factor)), requests=requests, progress=False)
+    return simulate(one_server_scenario(scenario, scaled_step_times(perf, factor, prefill_factor)),
+                    requests=requests, progress=False)
 
 
 def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 300, repeats: int = 3,
                 warmup_requests: int = 50, engine_url: str | None = None, anchor: bool = False,
                 anchor_model: str | None = None, anchor_reference: float | None = None,
-                anchor_shape: Mapping[str, int] | None = None,
+                anchor_prefill_reference: float | None = None, anchor_shape: Mapping[str, int] | None = None,
                 log: Log | None = None) -> LevelFidelity:
     """Simulate and replay ``scenario`` at ``rate_rps`` (Poisson): a :class:`LevelFidelity` holding the
     comparison of the simulation against ``repeats`` live runs through ``target`` (a gateway or the server).
@@ -182,19 +193,24 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     ``unanchored``. ``anchor_reference``: the anchor's reading at calibration time (the perf
     model's ``speed_anchor``, saved by ``calibrate``); the readings are divided by it, so the
     simulation moves by the change of the engine's speed since its calibration and not by the
-    model's residual at the anchor's shape (None: the bare readings). ``anchor_shape``: keywords
+    model's residual at the anchor's shape (None: the bare readings). ``anchor_prefill_reference``
+    (the perf model's ``speed_anchor_prefill``): the same for the anchor's engine-timed prefills; with
+    it the prompt-token terms run at the prefills' own factor (the host does not slow a prefill step
+    as it slows a decode step: docs/fidelity.md §10), without it at the decode factor. ``anchor_shape``: keywords
     of :func:`~publicai_lab.live.anchor.anchor_windows` over :data:`~publicai_lab.live.anchor.ANCHOR_SHAPE`
     (``groups``: fewer for a quick look; keep the calibration's shape, or its reference no longer applies)."""
     from publicai_lab.analysis.compare import compare
-    from publicai_lab.live.anchor import checked_factor, factor_from_windows, speed_windows
+    from publicai_lab.live.anchor import (checked_factor, factor_from_windows, prefill_factor_from_windows,
+                                          speed_windows)
     from publicai_lab.live.loadgen import run_live
     from publicai_lab.perf import engine_params_for
     from publicai_lab.sim.run import simulate
 
     if anchor and not engine_url:
         raise PublicAILabError("fidelity_at: anchor=True needs engine_url (the vLLM server itself)")
-    if anchor_reference is not None and not (anchor_reference > 0 and math.isfinite(anchor_reference)):
-        raise PublicAILabError(f"fidelity_at: anchor_reference must be a positive factor; got {anchor_reference!r}")
+    for name, value in (("anchor_reference", anchor_reference), ("anchor_prefill_reference", anchor_prefill_reference)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise PublicAILabError(f"fidelity_at: {name} must be a positive factor; got {value!r}")
     sc = scenario.with_overrides(rate_per_s=float(rate_rps))
     partner, cluster = sc.clusters()[0]
     perf = engine_params_for(sc, partner, cluster).perf
@@ -202,6 +218,7 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
 
     readings: list[list[dict[str, float]]] = []
     reference = anchor_reference or 1.0
+    prefill_factor: float | None = None
 
     def read_anchor() -> float:
         """One reading: its windows join the level's pool; its own factor is kept for the notes."""
@@ -233,18 +250,26 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
         anchors.append(read_anchor())
         unanchored = compare(sim.requests, live_repeats=lives, title=f"{title}, at the calibration's speed")
         anchor_pool = [w for windows in readings for w in windows]
-        factor = checked_factor(anchor_pool, perf, str(engine_url)) / reference
-        sim = simulate_at_speed(sc, perf, factor, requests=requests)
-        title += f", step times ×{factor:.3f} (speed anchor)"
+        bare = checked_factor(anchor_pool, perf, str(engine_url))
+        factor = bare / reference
+        prefill_ratio = prefill_factor_from_windows(anchor_pool, perf, bare)
+        if anchor_prefill_reference and prefill_ratio > 0:
+            prefill_factor = prefill_ratio / anchor_prefill_reference
+        sim = simulate_at_speed(sc, perf, factor, requests=requests, prefill_factor=prefill_factor)
+        title += f", step times ×{factor:.3f}" + (f", prefill ×{prefill_factor:.3f}" if prefill_factor else "") \
+            + " (speed anchor)"
     cmp = compare(sim.requests, live_repeats=lives, title=title)
     level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests), anchor_factors=anchors,
                           anchor_factor=factor if anchor else math.nan, unanchored=unanchored,
-                          anchor_readings=readings)
+                          anchor_readings=readings,
+                          anchor_prefill_factor=prefill_factor if prefill_factor else math.nan)
     if anchors:
         against = f" against the calibration's own reading ×{anchor_reference:.3f}" if anchor_reference else ""
         cmp.notes.append(f"speed anchors (calibration groups before each repeat and after the last{against}): "
-                         f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at their {len(anchor_pool)} "
-                         f"decode windows pooled, ×{level.anchor_factor:.3f}")
+                         f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at their {sum(1 for w in anchor_pool if w['decode_seqs'] > 0)} "
+                         f"decode windows pooled, ×{level.anchor_factor:.3f}"
+                         + (f"; prompt tokens at their {sum(1 for w in anchor_pool if w['prefill_tokens'] > 0)} "
+                            f"engine-timed prefills pooled, ×{prefill_factor:.3f}" if prefill_factor else ""))
     if engine_itls and level.sim_itl_s > 0:
         factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests)
         level.step_time_factor = factor
@@ -298,8 +323,10 @@ class LevelFidelity:
     #: the factor the simulation ran at: every reading's decode windows pooled (NaN without anchors)
     anchor_factor: float = math.nan
     unanchored: Any = None
-    #: every anchor reading's decode windows (step_s, decode_seqs, context_tokens), in the order taken
+    #: every anchor reading's observations (decode windows and prefills), in the order taken
     anchor_readings: list[list[dict[str, float]]] = field(default_factory=list)
+    #: the factor the prompt-token terms ran at (the anchor's prefills; NaN: the decode factor)
+    anchor_prefill_factor: float = math.nan
 
     @property
     def engine_drift(self) -> float:
@@ -348,11 +375,14 @@ class FidelityResult:
             from publicai_lab.live.anchor import ANCHOR_SHAPE as a
 
             lines += [f"Speed anchor: the engine's speed re-measured with calibration groups ({a['groups']} closed "
-                      f"groups of {a['concurrency']} requests of {a['prompt_tokens']} + {a['output_tokens']} tokens) "
+                      f"groups of {a['concurrency']} requests of {a['prompt_tokens']} + {a['output_tokens']} tokens, "
+                      f"each followed by a lone {a['prefill_tokens']}-token prompt whose prefill the engine times) "
                       "before every live repeat and after the last; the simulation (sim, error, verdict) runs at "
-                      "the readings' decode windows pooled (divided by the calibration's own reading of the same "
-                      "groups where the perf model has one), shown as how much slower (+) than calibrated. Error at "
-                      "the calibration's speed: the same simulation without it.", ""]
+                      "the readings' decode windows pooled — its prompt-token terms at their prefills pooled — "
+                      "each divided by the calibration's own reading of the same where the perf model has one "
+                      "(without a prefill reference, the prompt-token terms run at the decode factor), shown as "
+                      "how much slower (+) than calibrated. Error at the calibration's speed: the same simulation "
+                      "without it.", ""]
         head = ["load", "req/s", "metric", "sim ms", "live ms (median)", "live runs ms", "error", "live spread",
                 "tolerance", "verdict"] + (["speed anchor", "error at calibration speed"] if anchored else []) \
             + (["engine drift", "conditioned error"] if drift else [])
@@ -366,7 +396,9 @@ class FidelityResult:
                      f"{r['live'] * 1e3:.1f}", runs, f"{r['rel_error']:+.1%}", f"{r['live_spread']:.1%}",
                      f"±{r['tolerance']:.0%}", verdict]
             if anchored:
-                cells += [f"{r['anchor']:+.1%}", f"{r['unanchored_error']:+.1%}"]
+                prefill = r.get("anchor_prefill", math.nan)
+                cells += [f"{r['anchor']:+.1%}" + (f" (prefill {prefill:+.1%})" if prefill == prefill else ""),
+                          f"{r['unanchored_error']:+.1%}"]
             if drift:
                 cells += [f"{r['engine_drift']:+.1%}", f"{r['conditioned_error']:+.1%}"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -381,7 +413,7 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
                    tolerances: Mapping[str, float] = TOLERANCES, judge_spread: float = 0.10,
                    warmup_requests: int = 100, engine_url: str | None = None, anchor: bool = False,
                    anchor_model: str | None = None, anchor_reference: float | None = None,
-                   anchor_shape: Mapping[str, int] | None = None,
+                   anchor_prefill_reference: float | None = None, anchor_shape: Mapping[str, int] | None = None,
                    log: Log | None = None) -> FidelityResult:
     """Measure saturation (unless given), then :func:`fidelity_at` every level (``engine_url``: the
     engine's measured speed beside every level; ``anchor``: the simulation re-anchored to the
@@ -401,7 +433,7 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
             log(f"level {level:.0%}: {rate:.1f} req/s")
         lf = fidelity_at(scenario, target, rate, requests=requests, repeats=repeats, engine_url=engine_url,
                          anchor=anchor, anchor_model=anchor_model, anchor_reference=anchor_reference,
-                         anchor_shape=anchor_shape, log=log)
+                         anchor_prefill_reference=anchor_prefill_reference, anchor_shape=anchor_shape, log=log)
         levels_out[level] = lf
         t = lf.comparison.table
         for metric, tol in tolerances.items():
@@ -415,6 +447,7 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
                          "live": float(row["live"]), "rel_error": err, "live_spread": spread, "tolerance": tol,
                          "judged": bool(spread <= judge_spread), "ok": bool(abs(err) <= tol),
                          "engine_drift": lf.engine_drift, "conditioned_error": cond_err,
-                         "anchor": lf.anchor_factor - 1.0, "unanchored_error": unanchored_err,
+                         "anchor": lf.anchor_factor - 1.0, "anchor_prefill": lf.anchor_prefill_factor - 1.0,
+                         "unanchored_error": unanchored_err,
                          **{c: float(row[c]) for c in t.columns if c.startswith("live_") and c[5:].isdigit()}})
     return FidelityResult(pd.DataFrame(rows), sat, judge_spread, levels_out)

@@ -76,7 +76,8 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(s
             scenario = one_server_scenario(base, cal.model)
             result = fidelity_table(scenario, url, levels=(0.25,), requests=150, repeats=3, log=print,
                                     engine_url=server.base_url, anchor=True,
-                                    anchor_reference=cal.meta["speed_anchor"])
+                                    anchor_reference=cal.meta["speed_anchor"],
+                                    anchor_prefill_reference=cal.meta["speed_anchor_prefill"])
     finally:
         os.sched_setaffinity(0, affinity)
     print(result.to_markdown())
@@ -88,10 +89,13 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(s
     assert cal.r2 > 0.95, cal
     assert cal.meta["timing"] == "engine" and cal.meta["probe_target"] != cal.meta["target"], cal.meta
     assert 0.7 < cal.meta["speed_anchor"] < 1.3 and cal.meta["speed_anchor_windows"] >= 12, cal.meta
+    # the anchor's engine-timed prefills: one after every group, against the fitted prefill step
+    assert 0.7 < cal.meta["speed_anchor_prefill"] < 1.3 and cal.meta["speed_anchor_prefills"] >= 3, cal.meta
     assert 4 < result.saturation_rps < 40, result.saturation_rps   # the small model on one core: ~11–12 req/s
     assert [lvl["others"] for lvl in cal.meta["stream_probe_levels"]] == [0, 1, 3, 7, 15], cal.meta
     level = result.levels[0.25]
     assert len(level.anchor_factors) == 4 and len(level.engine_itls_s) == 3, result.to_markdown()
+    assert level.anchor_prefill_factor > 0, result.to_markdown()     # the prompt tokens ran at the prefills' factor
     assert abs(t.loc["e2e_p50_s", "anchor"] - t.loc["e2e_p50_s", "engine_drift"]) <= ANCHOR_TO_ENGINE, \
         result.to_markdown()
     assert judged_rows["ok"].all(), result.to_markdown()
