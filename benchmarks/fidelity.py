@@ -45,8 +45,9 @@ from publicai_lab.live.tiny_model import TOY_VLLM_ARGS  # noqa: E402
 
 def save_records_and_cdfs(result: FidelityResult, out: Path) -> None:
     """Every level's request records (the simulation, each live repeat, the simulation at the
-    engine's measured speed) and speed-anchor windows under ``out/records/``, and the E2E CDFs of all levels in one figure:
-    the table's percentiles say how far apart, the records say where in the distribution."""
+    engine's measured speed) and speed-anchor observations under ``out/records/``, and the E2E CDFs
+    of all levels in one figure: the table's percentiles say how far apart, the records say where in
+    the distribution."""
     import matplotlib
     import pandas as pd
 

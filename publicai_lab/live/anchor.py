@@ -150,7 +150,8 @@ def checked_factor(windows: Sequence[Mapping[str, float]], perf: Any, target: st
     positive factor (none at all, say)."""
     factor = factor_from_windows(windows, perf)
     if not (factor > 0 and math.isfinite(factor)):
-        raise PublicAILabError(f"speed anchor at {target}: got factor {factor!r} from {len(windows)} decode windows")
+        decode = sum(1 for w in windows if w["decode_seqs"] > 0)
+        raise PublicAILabError(f"speed anchor at {target}: got factor {factor!r} from {decode} decode windows")
     return factor
 
 
@@ -187,7 +188,8 @@ def speed_factor(target: str, model: str, perf: Any, **kwargs: Any) -> float:
     """The factor on ``perf``'s step times that fits the engine at ``target`` (serving ``model``) now:
     the median over the decode windows of ``groups`` closed groups of observed step / modelled step.
     Keywords as :func:`speed_factor_async`: ``concurrency``, ``prompt_tokens``, ``output_tokens``,
-    ``groups``, ``seed``, ``api_key``, ``timeout_s``."""
+    ``groups``, ``prefill_tokens`` (0: no prefill probes, which this factor does not read),
+    ``seed``, ``api_key``, ``timeout_s``."""
     from publicai_lab.live._sync import run_sync
 
     return run_sync(lambda: speed_factor_async(target, model, perf, **kwargs), name="speed-anchor")

@@ -265,11 +265,13 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
                           anchor_prefill_factor=prefill_factor if prefill_factor else math.nan)
     if anchors:
         against = f" against the calibration's own reading ×{anchor_reference:.3f}" if anchor_reference else ""
+        n_decode = sum(1 for w in anchor_pool if w["decode_seqs"] > 0)
+        n_prefill = len(anchor_pool) - n_decode
         cmp.notes.append(f"speed anchors (calibration groups before each repeat and after the last{against}): "
-                         f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at their {sum(1 for w in anchor_pool if w['decode_seqs'] > 0)} "
+                         f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at their {n_decode} "
                          f"decode windows pooled, ×{level.anchor_factor:.3f}"
-                         + (f"; prompt tokens at their {sum(1 for w in anchor_pool if w['prefill_tokens'] > 0)} "
-                            f"engine-timed prefills pooled, ×{prefill_factor:.3f}" if prefill_factor else ""))
+                         + (f"; prompt tokens at their {n_prefill} engine-timed prefills pooled, "
+                            f"×{prefill_factor:.3f}" if prefill_factor else ""))
     if engine_itls and level.sim_itl_s > 0:
         factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests)
         level.step_time_factor = factor
