@@ -256,8 +256,9 @@ class SpeedJitter(_Model):
 
     Why: on a shared host (or a GPU with thermal or power caps, or noisy neighbours) the same
     batch takes ±10 % from one few-second stretch to the next. Near saturation those stretches
-    are transient overloads: the queue they leave lengthens the latency tail well beyond what a
-    constant speed gives (docs/fidelity.md §10). None/0: a constant speed (vLLM on a dedicated GPU)."""
+    are transient overloads: the queue they leave lengthens the latency tail and makes runs of the
+    same load disagree (at 75 % of saturation, sd 10 % over 5 s: p90/p50 1.66 → 1.86, p90 1.4–4.3 s
+    between paths; docs/fidelity.md §10). None/0: a constant speed (vLLM on a dedicated GPU)."""
 
     sd: float = Field(ge=0, le=1, description="Standard deviation of the log of the step-time factor (0.05: ±5 %).")
     correlation_s: float = Field(10.0, gt=0, description="Correlation time of the speed's wandering, s.")

@@ -11,8 +11,8 @@ speed. One independent path per replica, all from one generator seeded from the 
 
 Why a process and not independent noise per step: noise on single steps averages out over a
 request's hundreds of steps and changes nothing, while a stretch of several seconds at +10 % is a
-transient overload at 75 % of saturation, and its queue is what lengthens the latency tail on a
-shared host (docs/fidelity.md §10).
+transient overload at 75 % of saturation, whose queue lengthens the latency tail and makes runs of
+the same load disagree (docs/fidelity.md §10).
 """
 
 from __future__ import annotations
