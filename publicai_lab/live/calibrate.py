@@ -719,6 +719,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
     cells_df = pd.DataFrame(cell_rows)
     lone = cells_df[cells_df["concurrency"] == 1]
     api_overhead = float((lone["client_ttft_s"] - lone["server_ttft_s"]).mean()) if not lone.empty else math.nan
+    anchor_decode = factor_from_windows(anchor_seen, fitted)    # the prefills' c0 is read at it too
     meta = {"model": model, "hardware": hardware or "unknown", "target": root,
             "probe_target": _root_url(probe_target) if probe_target else root,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -733,10 +734,9 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                                      "ttft_p50_s": _round(r.ttft_p50_s), "gap_p50_s": _round(r.gap_p50_s)}
                                     for r in probe_levels.itertuples(index=False)],
             "request_overhead_completions_s": _round(overhead_fit),
-            "speed_anchor": _round(factor_from_windows(anchor_seen, fitted)),
+            "speed_anchor": _round(anchor_decode),
             "speed_anchor_windows": sum(1 for w in anchor_seen if w["decode_seqs"] > 0),
-            "speed_anchor_prefill": _round(prefill_factor_from_windows(
-                anchor_seen, fitted, factor_from_windows(anchor_seen, fitted))),
+            "speed_anchor_prefill": _round(prefill_factor_from_windows(anchor_seen, fitted, anchor_decode)),
             "speed_anchor_prefills": sum(1 for w in anchor_seen if w["prefill_tokens"] > 0),
             "client_minus_server_ttft_s": _round(api_overhead)}
     return Calibration(model=fitted, r2=_r2(y, yhat), r2_by_kind=r2_kind,
