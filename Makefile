@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-core
 TSTAMP  := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+# the slowest tests of each stage, printed at its end: the suite must stay under 20 minutes in CI
+DURATIONS   := --durations=8
 
 .PHONY: demo test test-fast bench lab clean help
 
@@ -38,9 +40,9 @@ demo: $(STAMP)
 SIM_NOTEBOOKS  := notebooks/01_quickstart.ipynb notebooks/03_capacity_planning.ipynb notebooks/05_what_if.ipynb
 LIVE_NOTEBOOKS := notebooks/02_prototype_a_policy.ipynb notebooks/04_sim_vs_live.ipynb
 test: $(TSTAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not live" $(PYTEST_ARGS) tests --nbmake $(SIM_NOTEBOOKS)
-	$(BIN)/python -m pytest -q -m live $(PYTEST_ARGS) tests/live
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS) --nbmake $(LIVE_NOTEBOOKS)
+	$(BIN)/python -m pytest -q -n 2 -m "not live" $(DURATIONS) $(PYTEST_ARGS) tests --nbmake $(SIM_NOTEBOOKS)
+	$(BIN)/python -m pytest -q -m live $(DURATIONS) $(PYTEST_ARGS) tests/live
+	$(BIN)/python -m pytest -q $(DURATIONS) $(PYTEST_ARGS) --nbmake $(LIVE_NOTEBOOKS)
 
 test-fast: $(TSTAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not live" tests

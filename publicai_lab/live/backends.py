@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -173,6 +174,7 @@ class VLLMServer:
         self.startup_s: float | None = None  # launch -> /v1/models answering, last start
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._rpc_dir: str | None = None  # this start's IPC sockets (VLLM_RPC_BASE_PATH), removed at stop
         self._started_at = 0.0
         self._finalizer: weakref.finalize | None = None
 
@@ -224,6 +226,8 @@ class VLLMServer:
             env.setdefault(k, v)
         if self.cpus is not None:  # an inherited bind to other CPUs would contradict taskset
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpus
+        if self._rpc_dir is not None:
+            env["VLLM_RPC_BASE_PATH"] = self._rpc_dir
         env.update(self.env)
         return env
 
@@ -243,12 +247,17 @@ class VLLMServer:
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(f"\n==== publicai_lab: {' '.join(self.command())}\n".encode())
         self._log_file.flush()
+        # vLLM's ZeroMQ sockets go to VLLM_RPC_BASE_PATH (default the system's temp folder) and a
+        # killed server leaves them there: thousands after a few sessions. A folder per start, removed
+        # at stop, leaves nothing behind.
+        self._rpc_dir = tempfile.mkdtemp(prefix=f"vllm-{self.port}-rpc-")
         try:
             self._proc = subprocess.Popen(
                 self.command(), env=self.environment(), stdin=subprocess.DEVNULL,
                 stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             self._close_log()
+            self._remove_rpc_dir()
             raise GatewayError(f"cannot launch vLLM ({self.python}): {exc}") from exc
         self._started_at = time.monotonic()
         self.startup_s = None
@@ -267,6 +276,7 @@ class VLLMServer:
             code = self._proc.poll()
             if code is not None:
                 self._close_log()
+                self._remove_rpc_dir()
                 raise GatewayError(f"vLLM server on port {self.port} exited with status {code} "
                                    f"before it was ready; log {self.log_path}:\n{self.log_tail()}")
             try:
@@ -354,6 +364,12 @@ class VLLMServer:
             self._finalizer.detach()
             self._finalizer = None
         self._close_log()
+        self._remove_rpc_dir()
+
+    def _remove_rpc_dir(self) -> None:
+        if self._rpc_dir is not None:
+            shutil.rmtree(self._rpc_dir, ignore_errors=True)
+            self._rpc_dir = None
 
     def _close_log(self) -> None:
         if self._log_file is not None:

@@ -107,10 +107,13 @@ def test_fake_ready_kill_restart_stop(fake_vllm: tuple[Path, Path], tmp_path: Pa
         assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"  # a local model dir
         assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0" and rec["affinity"] == [0]
         assert env["EXTRA_VAR"] == "x"
+        rpc_dir = Path(env["VLLM_RPC_BASE_PATH"])      # vLLM's IPC sockets: a folder of this start's
+        assert rpc_dir.is_dir()
 
         port, pid = server.port, server.pid
         server.kill()
         assert not server.running and not _group_alive(pid)
+        assert not rpc_dir.exists()                   # nothing left in the temp folder
         with pytest.raises(OSError):
             _get(server.base_url + "/v1/models", timeout=2)
         server.restart()
@@ -335,8 +338,11 @@ class TestRealVLLM:
         s = vllm_servers[1]
         pid, port = s.pid, s.port
         assert pid is not None
+        rpc_dir = Path(s.environment()["VLLM_RPC_BASE_PATH"])
+        assert os.listdir(rpc_dir), "real vLLM put its ZeroMQ sockets in the server's own folder"
         s.kill()
         assert not s.running and not _group_alive(pid)
+        assert not rpc_dir.exists()                   # a killed server leaves no sockets behind
         with pytest.raises(httpx.TransportError):
             httpx.get(s.base_url + "/v1/models", timeout=2)
         s.restart()
