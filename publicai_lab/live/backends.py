@@ -123,10 +123,12 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _kill_group_at_exit(pgid: int) -> None:
+def _kill_group_at_exit(pgid: int, rpc_dir: str | None = None) -> None:
     """Last resort when a server object is garbage-collected or the interpreter exits while its
-    server still runs: never leave a 3 GB process tree behind."""
+    server still runs: never leave a 3 GB process tree behind (nor its sockets' folder)."""
     _signal_group(pgid, signal.SIGKILL)
+    if rpc_dir is not None:
+        shutil.rmtree(rpc_dir, ignore_errors=True)
 
 
 class VLLMServer:
@@ -237,6 +239,7 @@ class VLLMServer:
         if self.running:
             raise GatewayError(f"{self!r} is already running")
         self._close_log()
+        self._remove_rpc_dir()       # a server that died on its own since its last start
         if self.port is None:
             self.port = free_port(self.host if self.host not in ("0.0.0.0", "") else "127.0.0.1")
         if self.log_path is None:
@@ -261,7 +264,7 @@ class VLLMServer:
             raise GatewayError(f"cannot launch vLLM ({self.python}): {exc}") from exc
         self._started_at = time.monotonic()
         self.startup_s = None
-        self._finalizer = weakref.finalize(self, _kill_group_at_exit, self._proc.pid)
+        self._finalizer = weakref.finalize(self, _kill_group_at_exit, self._proc.pid, self._rpc_dir)
         return self
 
     def wait_ready(self, timeout_s: float | None = None, *, poll_s: float = 0.5) -> "VLLMServer":

@@ -125,6 +125,25 @@ def test_fake_ready_kill_restart_stop(fake_vllm: tuple[Path, Path], tmp_path: Pa
     assert "fake vLLM ready" in server.log_tail()
 
 
+# Python itself warns about the dropped object's open log and running process: expected here
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_forgotten_server_is_killed_with_its_sockets_folder(fake_vllm: tuple[Path, Path], tmp_path: Path) -> None:
+    """A server object dropped while its server runs (a notebook cell re-run, an exception before
+    stop) must not leave the process tree or its ZeroMQ sockets' folder behind."""
+    import gc
+
+    exe, record = fake_vllm
+    server = VLLMServer(tmp_path, python=exe, log_path=tmp_path / "srv.log").start().wait_ready()
+    pid, rpc_dir = server.pid, Path(_records(record)[-1]["env"]["VLLM_RPC_BASE_PATH"])
+    assert pid is not None and _group_alive(pid) and rpc_dir.is_dir()
+    del server
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while _group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_alive(pid) and not rpc_dir.exists()
+
+
 def test_hub_name_is_not_forced_offline(fake_vllm: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
                                         ) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
