@@ -50,7 +50,7 @@ import numpy as np
 from publicai_lab.errors import PublicAILabError
 
 __all__ = ["speed_factor", "speed_factor_async", "speed_windows", "speed_windows_async", "anchor_windows",
-           "factor_from_windows", "prefill_factor_from_windows", "checked_factor", "calibrated_reference",
+           "factor_from_windows", "prefill_factor_from_windows", "observation_counts", "checked_factor", "calibrated_reference",
            "ANCHOR_SHAPE"]
 
 #: the anchor's groups: a batch of 8 (the middle of the calibration's concurrencies), prompts and
@@ -108,6 +108,12 @@ async def _engine_prefill_s(client: Any, prompt_ids: list[int]) -> float:
     return _metric_means(before, await client.metrics())["engine_prefill_s"]
 
 
+def observation_counts(windows: Sequence[Mapping[str, float]]) -> tuple[int, int]:
+    """How many of the anchor's observations are decode windows and how many engine-timed prefills."""
+    decode = sum(1 for w in windows if w["decode_seqs"] > 0)
+    return decode, sum(1 for w in windows if w.get("prefill_tokens", 0) > 0)
+
+
 def factor_from_windows(windows: Sequence[Mapping[str, float]], perf: Any) -> float:
     """The median over the decode ``windows`` of observed step / ``perf``'s step for the same batch
     and context (NaN without any)."""
@@ -150,8 +156,8 @@ def checked_factor(windows: Sequence[Mapping[str, float]], perf: Any, target: st
     positive factor (none at all, say)."""
     factor = factor_from_windows(windows, perf)
     if not (factor > 0 and math.isfinite(factor)):
-        decode = sum(1 for w in windows if w["decode_seqs"] > 0)
-        raise PublicAILabError(f"speed anchor at {target}: got factor {factor!r} from {decode} decode windows")
+        raise PublicAILabError(f"speed anchor at {target}: got factor {factor!r} from "
+                               f"{observation_counts(windows)[0]} decode windows")
     return factor
 
 

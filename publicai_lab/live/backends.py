@@ -238,8 +238,7 @@ class VLLMServer:
         """Launch the server and return at once (see :meth:`wait_ready`)."""
         if self.running:
             raise GatewayError(f"{self!r} is already running")
-        self._close_log()
-        self._remove_rpc_dir()       # a server that died on its own since its last start
+        self._release()              # a server that died on its own since its last start
         if self.port is None:
             self.port = free_port(self.host if self.host not in ("0.0.0.0", "") else "127.0.0.1")
         if self.log_path is None:
@@ -259,8 +258,7 @@ class VLLMServer:
                 self.command(), env=self.environment(), stdin=subprocess.DEVNULL,
                 stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
-            self._close_log()
-            self._remove_rpc_dir()
+            self._release()
             raise GatewayError(f"cannot launch vLLM ({self.python}): {exc}") from exc
         self._started_at = time.monotonic()
         self.startup_s = None
@@ -278,8 +276,7 @@ class VLLMServer:
         while True:
             code = self._proc.poll()
             if code is not None:
-                self._close_log()
-                self._remove_rpc_dir()
+                self._release()
                 raise GatewayError(f"vLLM server on port {self.port} exited with status {code} "
                                    f"before it was ready; log {self.log_path}:\n{self.log_tail()}")
             try:
@@ -366,10 +363,11 @@ class VLLMServer:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        self._close_log()
-        self._remove_rpc_dir()
+        self._release()
 
-    def _remove_rpc_dir(self) -> None:
+    def _release(self) -> None:
+        """Close this start's log and remove its sockets' folder: once its server is gone."""
+        self._close_log()
         if self._rpc_dir is not None:
             shutil.rmtree(self._rpc_dir, ignore_errors=True)
             self._rpc_dir = None

@@ -601,7 +601,8 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         chat_after = {int(i) for i in np.linspace(0, len(cells) - 1, n_chat).round()} if n_chat > 0 else set()
         # the speed anchor's groups at evenly spaced points of the sweep: its reference reading
         # against the fitted model (publicai_lab.live.anchor), over the same minutes as the fit
-        from publicai_lab.live.anchor import anchor_windows, factor_from_windows, prefill_factor_from_windows
+        from publicai_lab.live.anchor import (anchor_windows, factor_from_windows, observation_counts,
+                                              prefill_factor_from_windows)
 
         anchor_after = collections.Counter(int(i) for i in
                                            np.linspace(0, len(cells) - 1, max(0, anchor_readings)).round())
@@ -720,6 +721,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
     lone = cells_df[cells_df["concurrency"] == 1]
     api_overhead = float((lone["client_ttft_s"] - lone["server_ttft_s"]).mean()) if not lone.empty else math.nan
     anchor_decode = factor_from_windows(anchor_seen, fitted)    # the prefills' c0 is read at it too
+    n_anchor_decode, n_anchor_prefill = observation_counts(anchor_seen)
     meta = {"model": model, "hardware": hardware or "unknown", "target": root,
             "probe_target": _root_url(probe_target) if probe_target else root,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -735,9 +737,9 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                                     for r in probe_levels.itertuples(index=False)],
             "request_overhead_completions_s": _round(overhead_fit),
             "speed_anchor": _round(anchor_decode),
-            "speed_anchor_windows": sum(1 for w in anchor_seen if w["decode_seqs"] > 0),
+            "speed_anchor_windows": n_anchor_decode,
             "speed_anchor_prefill": _round(prefill_factor_from_windows(anchor_seen, fitted, anchor_decode)),
-            "speed_anchor_prefills": sum(1 for w in anchor_seen if w["prefill_tokens"] > 0),
+            "speed_anchor_prefills": n_anchor_prefill,
             "client_minus_server_ttft_s": _round(api_overhead)}
     return Calibration(model=fitted, r2=_r2(y, yhat), r2_by_kind=r2_kind,
                        observations=obs, cells=cells_df, meta=meta)

@@ -200,8 +200,8 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     of :func:`~publicai_lab.live.anchor.anchor_windows` over :data:`~publicai_lab.live.anchor.ANCHOR_SHAPE`
     (``groups``: fewer for a quick look; keep the calibration's shape, or its reference no longer applies)."""
     from publicai_lab.analysis.compare import compare
-    from publicai_lab.live.anchor import (checked_factor, factor_from_windows, prefill_factor_from_windows,
-                                          speed_windows)
+    from publicai_lab.live.anchor import (checked_factor, factor_from_windows, observation_counts,
+                                          prefill_factor_from_windows, speed_windows)
     from publicai_lab.live.loadgen import run_live
     from publicai_lab.perf import engine_params_for
     from publicai_lab.sim.run import simulate
@@ -265,8 +265,7 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
                           anchor_prefill_factor=prefill_factor if prefill_factor else math.nan)
     if anchors:
         against = f" against the calibration's own reading ×{anchor_reference:.3f}" if anchor_reference else ""
-        n_decode = sum(1 for w in anchor_pool if w["decode_seqs"] > 0)
-        n_prefill = len(anchor_pool) - n_decode
+        n_decode, n_prefill = observation_counts(anchor_pool)
         cmp.notes.append(f"speed anchors (calibration groups before each repeat and after the last{against}): "
                          f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at their {n_decode} "
                          f"decode windows pooled, ×{level.anchor_factor:.3f}"
@@ -399,7 +398,7 @@ class FidelityResult:
                      f"±{r['tolerance']:.0%}", verdict]
             if anchored:
                 prefill = r.get("anchor_prefill", math.nan)
-                cells += [f"{r['anchor']:+.1%}" + (f" (prefill {prefill:+.1%})" if prefill == prefill else ""),
+                cells += [f"{r['anchor']:+.1%}" + (f" (prefill {prefill:+.1%})" if math.isfinite(prefill) else ""),
                           f"{r['unanchored_error']:+.1%}"]
             if drift:
                 cells += [f"{r['engine_drift']:+.1%}", f"{r['conditioned_error']:+.1%}"]
