@@ -53,7 +53,7 @@ def test_fidelity_table_against_an_emulated_server_matches_its_simulated_twin():
     backend_id = sc.backend_id(*sc.clusters()[0])
     with EmulatedBackend.from_scenario(sc, backend_id).serve() as url:
         result = fidelity_table(sc, url, levels=(0.5,), saturation_rps=60.0, requests=120, repeats=2,
-                                warmup_requests=20, engine_url=url)
+                                engine_url=url)
     t = result.table.set_index("metric")
     assert list(t.index) == ["e2e_p50_s", "e2e_p90_s", "ttft_p50_s"]
     assert t.loc["e2e_p50_s", "rate_rps"] == pytest.approx(30.0)
@@ -73,7 +73,7 @@ def _fidelity_against_a_30_percent_slower_engine(**kwargs) -> FidelityResult:
     slower = one_server_scenario(sc, scaled_step_times(perf, 1.3))
     with EmulatedBackend.from_scenario(slower, sc.backend_id(*sc.clusters()[0])).serve() as url:
         return fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
-                              warmup_requests=20, engine_url=url, anchor_shape={"groups": 4}, **kwargs)
+                              engine_url=url, anchor_shape={"groups": 4}, **kwargs)
 
 
 def test_engine_drift_is_measured_and_conditioning_on_it_removes_the_error():
@@ -128,7 +128,7 @@ def test_the_anchors_prefills_set_the_prompt_token_terms_apart():
     engine = one_server_scenario(sc, scaled_step_times(perf, 1.3, prefill_factor=1.0))
     with EmulatedBackend.from_scenario(engine, sc.backend_id(*sc.clusters()[0])).serve() as url:
         result = fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
-                                warmup_requests=20, engine_url=url, anchor=True, anchor_shape={"groups": 4},
+                                engine_url=url, anchor=True, anchor_shape={"groups": 4},
                                 anchor_reference=1.0, anchor_prefill_reference=1.0)
     t = result.table.set_index("metric")
     level = result.levels[0.3]

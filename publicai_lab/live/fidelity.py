@@ -418,12 +418,17 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
                    log: Log | None = None) -> FidelityResult:
     """Measure saturation (unless given), then :func:`fidelity_at` every level (``engine_url``: the
     engine's measured speed beside every level; ``anchor``: the simulation re-anchored to the
-    engine's speed by calibration groups around every level's repeats; see there); see the module doc."""
+    engine's speed by calibration groups around every level's repeats; see there); see the module doc.
+
+    ``warmup_requests`` (at the scenario's rate, unrecorded) go before the saturation measurement;
+    with ``saturation_rps`` given there is none: every level warms up at its own rate anyway."""
     from publicai_lab.live.loadgen import run_live
 
-    if warmup_requests:
-        run_live(scenario, target, requests=warmup_requests, progress=False, run_id="warmup")
-    sat = saturation_rps if saturation_rps is not None else measure_saturation_rps(scenario, target, log=log)
+    if saturation_rps is None:
+        if warmup_requests:
+            run_live(scenario, target, requests=warmup_requests, progress=False, run_id="warmup")
+        saturation_rps = measure_saturation_rps(scenario, target, log=log)
+    sat = saturation_rps
     if not (sat > 0 and math.isfinite(sat)):
         raise PublicAILabError(f"saturation: got {sat!r} req/s")
     rows = []
