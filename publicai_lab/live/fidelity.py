@@ -424,11 +424,11 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
     with ``saturation_rps`` given there is none: every level warms up at its own rate anyway."""
     from publicai_lab.live.loadgen import run_live
 
-    if saturation_rps is None:
+    sat = saturation_rps
+    if sat is None:
         if warmup_requests:
             run_live(scenario, target, requests=warmup_requests, progress=False, run_id="warmup")
-        saturation_rps = measure_saturation_rps(scenario, target, log=log)
-    sat = saturation_rps
+        sat = measure_saturation_rps(scenario, target, log=log)
     if not (sat > 0 and math.isfinite(sat)):
         raise PublicAILabError(f"saturation: got {sat!r} req/s")
     rows = []

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ CONDITIONED_ERROR = 0.15
 ANCHOR_TO_ENGINE = 0.25
 
 
-def _timed_log():
+def _timed_log() -> Callable[[str], None]:
     """``print`` with the seconds since the test began: where its minutes go, in the CI log (-s)."""
     t0 = time.monotonic()
     return lambda message: print(f"[{time.monotonic() - t0:5.0f} s] {message}")
