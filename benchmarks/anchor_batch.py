@@ -39,17 +39,15 @@ CONCURRENCIES = (1, 2, 8, 16)
 def read_rounds(minutes: float, out: Path) -> list[dict]:
     """Anchor readings at every concurrency of :data:`CONCURRENCIES`, round after round, for ``minutes``."""
     from publicai_lab.live.anchor import factor_from_windows, speed_windows
-    from publicai_lab.live.backends import VLLMServer
-    from publicai_lab.live.tiny_model import SERVED_MODEL_NAMES, TOY_VLLM_ARGS, build_tiny_model
+    from publicai_lab.live.tiny_model import timing_server
     from publicai_lab.perf.step_time import load_perf_model_file
 
     perf = load_perf_model_file(ROOT / "data" / "perf_models" / "small-llama_cpu_tp1.json")
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit("anchor_batch: needs two cores (one for the engine, one for the rest)")
-    server = VLLMServer(build_tiny_model(ROOT / ".cache" / "small-model", size="small"),
-                        served_model_name=SERVED_MODEL_NAMES["small"], cpus=str(cpus[1]), api_cpus=str(cpus[0]),
-                        extra_args=TOY_VLLM_ARGS, log_path=out.with_suffix(".vllm.log"), startup_timeout_s=600)
+    server = timing_server("small", ROOT / ".cache", cpus=str(cpus[1]), api_cpus=str(cpus[0]),
+                           log_path=out.with_suffix(".vllm.log"), startup_timeout_s=600)
     os.sched_setaffinity(0, {cpus[0]})
     rows: list[dict] = []
     server.start()

@@ -39,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from publicai_lab.live.fidelity import LEVELS, FidelityResult, fidelity_table, one_server_scenario  # noqa: E402
-from publicai_lab.live.tiny_model import TOY_VLLM_ARGS  # noqa: E402
 
 
 
@@ -101,11 +100,10 @@ def main() -> int:
 
     import os
 
-    from publicai_lab.live.backends import VLLMServer
     from publicai_lab.live.anchor import calibrated_reference
     from publicai_lab.live.calibrate import FULL, calibrate
     from publicai_lab.live.gateway import BackendSpec, Gateway
-    from publicai_lab.live.tiny_model import SERVED_MODEL_NAMES, build_tiny_model
+    from publicai_lab.live.tiny_model import SERVED_MODEL_NAMES, timing_server
     from publicai_lab.scenario import load_scenario
 
     os.sched_setaffinity(0, {int(c) for c in args.client_cpu.split(",")})
@@ -114,9 +112,8 @@ def main() -> int:
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     scenario_path = args.scenario or ROOT / "scenarios" / ("small-cpu.yaml" if args.size == "small" else "toy.yaml")
     model_name = SERVED_MODEL_NAMES[args.size]
-    model_dir = build_tiny_model(ROOT / ".cache" / f"{args.size}-model", size=args.size)
-    server = VLLMServer(model_dir, served_model_name=model_name, cpus=args.engine_cpu, api_cpus=args.client_cpu,
-                        extra_args=TOY_VLLM_ARGS, log_path=out / "vllm.log")
+    server = timing_server(args.size, ROOT / ".cache", cpus=args.engine_cpu, api_cpus=args.client_cpu,
+                           log_path=out / "vllm.log")
     t0 = time.perf_counter()
     try:
         server.start().wait_ready()

@@ -32,13 +32,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from publicai_lab.errors import PublicAILabError
 
+if TYPE_CHECKING:
+    from publicai_lab.live.backends import VLLMServer
+
 __all__ = ["build_tiny_model", "is_complete", "TINY_GEOMETRY", "SMALL_GEOMETRY", "GEOMETRIES", "CHAT_TEMPLATE",
-           "SERVED_MODEL_NAME", "SERVED_MODEL_NAMES", "TOY_VLLM_ARGS", "add_cli"]
+           "SERVED_MODEL_NAME", "SERVED_MODEL_NAMES", "TOY_VLLM_ARGS", "timing_server", "add_cli"]
 
 #: the name the tiny model is served under (the model of scenarios/toy.yaml)
 SERVED_MODEL_NAME = "publicai-lab/tiny-llama"
@@ -255,6 +259,20 @@ def build_tiny_model(out_dir: str | os.PathLike[str], *, seed: int = 0, size: st
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def timing_server(size: str, cache_dir: str | os.PathLike[str], *, cpus: str, api_cpus: str,
+                  log_path: str | os.PathLike[str], extra_args: tuple[str, ...] = TOY_VLLM_ARGS,
+                  startup_timeout_s: float = 300.0) -> VLLMServer:
+    """A (not yet started) vLLM server of the locally built model ``size`` — built into
+    ``cache_dir``/``{size}-model`` if it is not there — served under its name, with toy.yaml's
+    engine limits, its engine core and worker on ``cpus`` and its API server on ``api_cpus``: the
+    timing set-up of the fidelity runs (docs/fidelity.md)."""
+    from publicai_lab.live.backends import VLLMServer
+
+    model_dir = build_tiny_model(Path(cache_dir) / f"{size}-model", size=size)
+    return VLLMServer(model_dir, served_model_name=SERVED_MODEL_NAMES[size], cpus=cpus, api_cpus=api_cpus,
+                      extra_args=extra_args, log_path=log_path, startup_timeout_s=startup_timeout_s)
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from publicai_lab.live.backends import VLLMServer, start_all, stop_all, vllm_available
-from publicai_lab.live.tiny_model import SERVED_MODEL_NAME, SERVED_MODEL_NAMES, TOY_VLLM_ARGS
+from publicai_lab.live.tiny_model import SERVED_MODEL_NAME, TOY_VLLM_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = ROOT / ".cache"
@@ -152,15 +152,14 @@ def small_vllm_server(vllm_server_pool: list[VLLMServer], tmp_path: Path) -> Ite
     ``publicai-lab/small-llama``, toy.yaml's engine limits) in the timing set-up: engine core and
     worker alone on the second core, the API server on the first. The session's tiny pair is stopped
     first — two cores hold one timing server — and a later test that needs it restarts it."""
-    from publicai_lab.live.tiny_model import build_tiny_model
+    from publicai_lab.live.tiny_model import timing_server
 
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("needs one core for the engine, one for the client")
     stop_all(vllm_server_pool)
-    server = VLLMServer(build_tiny_model(SMALL_MODEL_DIR, size="small"), served_model_name=SERVED_MODEL_NAMES["small"],
-                        cpus=str(cpus[1]), api_cpus=str(cpus[0]), extra_args=VLLM_TEST_ARGS,
-                        log_path=tmp_path / "vllm-small.log", startup_timeout_s=600)
+    server = timing_server("small", CACHE_DIR, cpus=str(cpus[1]), api_cpus=str(cpus[0]), extra_args=VLLM_TEST_ARGS,
+                           log_path=tmp_path / "vllm-small.log", startup_timeout_s=600)
     try:
         server.start()
         PID_FILE.write_text(f"{server.pid}\n")
