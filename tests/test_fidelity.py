@@ -160,3 +160,49 @@ def test_speed_anchor_needs_the_server_itself():
     with pytest.raises(PublicAILabError, match="anchor_prefill_reference"):
         fidelity_at(sc, "http://127.0.0.1:9", 10.0, anchor=True, engine_url="http://127.0.0.1:9",
                     anchor_prefill_reference=-1.0)
+
+
+def test_segment_plan_splits_the_requests_and_keeps_the_plain_run_as_one_segment():
+    from publicai_lab.errors import PublicAILabError
+    from publicai_lab.live.fidelity import SEGMENT_SEED_STRIDE, segment_plan
+
+    assert segment_plan(300, 1, 7) == [(7, 300)]
+    plan = segment_plan(10, 4, 7)
+    assert [n for _, n in plan] == [3, 3, 2, 2]
+    assert [seed for seed, _ in plan] == [7 + j * SEGMENT_SEED_STRIDE for j in range(4)]
+    for bad in (0, 11):
+        with pytest.raises(PublicAILabError, match="segments"):
+            segment_plan(10, bad, 7)
+
+
+def test_joined_segments_run_one_after_another():
+    def frame(arrivals, e2e):
+        return pd.DataFrame({"request_id": range(len(arrivals)), "arrival_s": arrivals, "e2e_s": e2e,
+                             "status": ["ok"] * len(arrivals)})
+
+    a, b = frame([0.5, 1.0], [1.0, 2.0]), frame([0.2, 0.4, 0.6], [0.1, float("nan"), 0.3])
+    from publicai_lab.live.fidelity import joined_segments
+
+    joined = joined_segments([a, b])
+    assert list(joined["request_id"]) == [0, 1, 2, 3, 4]
+    # the second segment starts where the first one's last request finished (2.5 s after its first arrival)
+    assert list(joined["arrival_s"]) == pytest.approx([0.0, 0.5, 2.5, 2.7, 2.9])
+    assert joined_segments([a]) is a
+
+
+def test_segmented_repeats_read_the_anchor_between_segments_and_simulate_the_same_requests():
+    """Every repeat in three segments: an anchor reading before each segment and after the last, the
+    live repeats and the simulation serve the very same requests, and the re-anchored simulation
+    agrees with the 30 % slower engine as the plain run does."""
+    result = _fidelity_against_a_30_percent_slower_engine(anchor=True, segments=3)
+    t = result.table.set_index("metric")
+    level = result.levels[0.3]
+    assert len(level.anchor_factors) == 2 * 3 + 1, level.anchor_factors
+    sim = level.comparison.sim_frame
+    for live in level.comparison.live_frames:
+        assert len(live) == len(sim) == 120
+        assert list(live.sort_values("request_id")["prompt_tokens"]) == list(sim.sort_values("request_id")["prompt_tokens"])
+    assert abs(t.loc["e2e_p50_s", "rel_error"]) < 0.10, result.to_markdown()
+    assert t.loc["e2e_p50_s", "engine_drift"] == pytest.approx(0.30, abs=0.08), result.to_markdown()
+    assert "before each segment and after the last" in result.to_markdown()
+    assert "in 3 segments a repeat" in level.comparison.title

@@ -40,7 +40,7 @@ from publicai_lab.errors import PublicAILabError
 
 __all__ = ["one_server_scenario", "measure_saturation_rps", "fidelity_at", "fidelity_table", "FidelityResult",
            "LevelFidelity", "engine_itl_totals", "mean_itl_s", "scaled_step_times", "step_time_factor_for_itl",
-           "TOLERANCES", "LEVELS"]
+           "segment_plan", "joined_segments", "simulate_segments", "simulate_at_speed", "TOLERANCES", "LEVELS"]
 
 #: relative error allowed per metric (issue 4: E2E p50/p90 within 10 %, TTFT p50 within 15 %)
 TOLERANCES: dict[str, float] = {"e2e_p50_s": 0.10, "e2e_p90_s": 0.10, "ttft_p50_s": 0.15}
@@ -157,21 +157,58 @@ def scaled_step_times(perf: Any, factor: float, prefill_factor: float | None = N
     return replace(perf, **scaled, source=f"{perf.source} {label}")
 
 
-def simulate_at_speed(scenario: Any, perf: Any, factor: float, *, requests: int,
-                      prefill_factor: float | None = None) -> Any:
-    """Simulate the one-server ``scenario`` with ``perf``'s step times × ``factor`` (prompt-token
-    terms × ``prefill_factor`` where given)."""
+#: seed offset between a repeat's segments (segment 0 keeps the scenario's seed; the warm-up takes seed + 1)
+SEGMENT_SEED_STRIDE = 1000
+
+
+def segment_plan(requests: int, segments: int, seed: int) -> list[tuple[int, int]]:
+    """(seed, requests) of each of a repeat's ``segments``: ``requests`` split as evenly as can be,
+    segment j drawn with ``seed + j·SEGMENT_SEED_STRIDE`` (one segment: the plain run)."""
+    if segments < 1 or requests < segments:
+        raise PublicAILabError(f"fidelity: segments must be between 1 and requests ({requests}); got {segments!r}")
+    sizes = [requests // segments + (1 if j < requests % segments else 0) for j in range(segments)]
+    return [(seed + j * SEGMENT_SEED_STRIDE, n) for j, n in enumerate(sizes)]
+
+
+def joined_segments(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One frame of a repeat's segments run one after another: each segment's arrivals shifted past
+    the previous segments' makespans (first arrival to last completion) and its request ids past
+    theirs, so percentiles pool the segments and throughput counts their busy time, not the gaps."""
+    if len(frames) == 1:
+        return frames[0]
+    parts, offset_s, first_id = [], 0.0, 0
+    for frame in frames:
+        f = frame.copy()
+        t0 = float(f["arrival_s"].min()) if len(f) else 0.0
+        f["arrival_s"] = f["arrival_s"] - t0 + offset_s
+        f["request_id"] = f["request_id"] - int(f["request_id"].min() if len(f) else 0) + first_id
+        if len(f):
+            offset_s = float((f["arrival_s"] + f["e2e_s"].fillna(0.0)).max())
+            first_id = int(f["request_id"].max()) + 1
+        parts.append(f)
+    return pd.concat(parts, ignore_index=True)
+
+
+def simulate_segments(scenario: Any, plan: Sequence[tuple[int, int]]) -> pd.DataFrame:
+    """The simulation of a repeat cut into ``plan``'s segments (:func:`segment_plan`), joined."""
     from publicai_lab.sim.run import simulate
 
-    return simulate(one_server_scenario(scenario, scaled_step_times(perf, factor, prefill_factor)),
-                    requests=requests, progress=False)
+    return joined_segments([simulate(scenario, seed=seed, requests=n, progress=False).requests for seed, n in plan])
+
+
+def simulate_at_speed(scenario: Any, perf: Any, factor: float, *, requests: int,
+                      prefill_factor: float | None = None, segments: int = 1) -> pd.DataFrame:
+    """The request frame of the one-server ``scenario`` simulated with ``perf``'s step times ×
+    ``factor`` (prompt-token terms × ``prefill_factor`` where given), in ``segments``."""
+    sc = one_server_scenario(scenario, scaled_step_times(perf, factor, prefill_factor))
+    return simulate_segments(sc, segment_plan(requests, segments, sc.seed))
 
 
 def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 300, repeats: int = 3,
                 warmup_requests: int = 50, engine_url: str | None = None, anchor: bool = False,
                 anchor_model: str | None = None, anchor_reference: float | None = None,
                 anchor_prefill_reference: float | None = None, anchor_shape: Mapping[str, int] | None = None,
-                log: Log | None = None) -> LevelFidelity:
+                segments: int = 1, log: Log | None = None) -> LevelFidelity:
     """Simulate and replay ``scenario`` at ``rate_rps`` (Poisson): a :class:`LevelFidelity` holding the
     comparison of the simulation against ``repeats`` live runs through ``target`` (a gateway or the server).
 
@@ -198,13 +235,20 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     it the prompt-token terms run at the prefills' own factor (the host does not slow a prefill step
     as it slows a decode step: docs/fidelity.md §10), without it at the decode factor. ``anchor_shape``: keywords
     of :func:`~publicai_lab.live.anchor.anchor_windows` over :data:`~publicai_lab.live.anchor.ANCHOR_SHAPE`
-    (``groups``: fewer for a quick look; keep the calibration's shape, or its reference no longer applies)."""
+    (``groups``: fewer for a quick look; keep the calibration's shape, or its reference no longer applies).
+
+    ``segments``: every repeat is run as that many shorter runs of the workload one after another
+    (:func:`segment_plan`: the same segments, so the same requests, in every repeat and in the
+    simulation), the anchor read before every segment and after the last — readings close to the
+    minutes they stand for: the engine's speed wanders at every time scale, and four readings
+    around three repeats of a minute or two sample it at a few spots only (docs/fidelity.md §11,
+    §13). Each segment starts from an idle server, in the simulation as live. With segments, pass an
+    ``anchor_shape`` of fewer ``groups`` to keep a level's anchor time."""
     from publicai_lab.analysis.compare import compare
     from publicai_lab.live.anchor import (checked_factor, factor_from_windows, observation_counts,
                                           prefill_factor_from_windows, speed_windows)
     from publicai_lab.live.loadgen import run_live
     from publicai_lab.perf import engine_params_for
-    from publicai_lab.sim.run import simulate
 
     if anchor and not engine_url:
         raise PublicAILabError("fidelity_at: anchor=True needs engine_url (the vLLM server itself)")
@@ -212,6 +256,7 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise PublicAILabError(f"fidelity_at: {name} must be a positive factor; got {value!r}")
     sc = scenario.with_overrides(rate_per_s=float(rate_rps))
+    plan = segment_plan(requests, segments, sc.seed)
     partner, cluster = sc.clusters()[0]
     perf = engine_params_for(sc, partner, cluster).perf
     served = anchor_model or sc.resolve_model(cluster.model)
@@ -231,50 +276,62 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
                  run_id="warmup")
     lives, engine_itls, anchors = [], [], []
     for k in range(repeats):
-        if anchor:
-            anchors.append(read_anchor())
-        before = engine_itl_totals(engine_url) if engine_url else None
-        res = run_live(sc, target, requests=requests, progress=False, run_id=f"fidelity-{rate_rps:.1f}-{k}")
-        after = engine_itl_totals(engine_url) if before else None
-        if before and after and after[1] > before[1]:
-            engine_itls.append((after[0] - before[0]) / (after[1] - before[1]))
-        lives.append(res.requests)
+        parts, itl_sum_s, itl_count = [], 0.0, 0.0
+        for j, (seed, n) in enumerate(plan):
+            if anchor:
+                anchors.append(read_anchor())
+            before = engine_itl_totals(engine_url) if engine_url else None
+            res = run_live(sc.with_overrides(seed=seed), target, requests=n, progress=False,
+                           run_id=f"fidelity-{rate_rps:.1f}-{k}" + (f"-{j}" if segments > 1 else ""))
+            after = engine_itl_totals(engine_url) if before else None
+            if before and after and after[1] > before[1]:
+                itl_sum_s, itl_count = itl_sum_s + after[0] - before[0], itl_count + after[1] - before[1]
+            parts.append(res.requests)
+        if itl_count > 0:
+            engine_itls.append(itl_sum_s / itl_count)
+        lives.append(joined_segments(parts))
         if log:
-            ok = res.requests[res.requests["status"] == "ok"]
-            log(f"  {rate_rps:.1f} req/s live {k + 1}/{repeats}: {len(ok)}/{len(res.requests)} ok, "
-                f"E2E p50 {ok['e2e_s'].median() * 1e3:.0f} ms" + (f"; speed anchor ×{anchors[-1]:.3f}" if anchors else ""))
-    title = f"{scenario.name} at {rate_rps:.1f} req/s"
-    sim = simulate(sc, requests=requests, progress=False)
+            ok = lives[-1][lives[-1]["status"] == "ok"]
+            recent = anchors[-segments:]
+            log(f"  {rate_rps:.1f} req/s live {k + 1}/{repeats}: {len(ok)}/{len(lives[-1])} ok, "
+                f"E2E p50 {ok['e2e_s'].median() * 1e3:.0f} ms"
+                + (f"; speed anchor{'s' if len(recent) > 1 else ''} {' / '.join(f'×{a:.3f}' for a in recent)}"
+                   if recent else ""))
+    title = f"{scenario.name} at {rate_rps:.1f} req/s" + (f" in {segments} segments a repeat" if segments > 1 else "")
+    sim_frame = simulate_segments(sc, plan)
     unanchored = None
     if anchor:
         anchors.append(read_anchor())
-        unanchored = compare(sim.requests, live_repeats=lives, title=f"{title}, at the calibration's speed")
+        unanchored = compare(sim_frame, live_repeats=lives, title=f"{title}, at the calibration's speed")
         anchor_pool = [w for windows in readings for w in windows]
         bare = checked_factor(anchor_pool, perf, str(engine_url))
         factor = bare / reference
         prefill_ratio = prefill_factor_from_windows(anchor_pool, perf, bare)
         if anchor_prefill_reference and prefill_ratio > 0:
             prefill_factor = prefill_ratio / anchor_prefill_reference
-        sim = simulate_at_speed(sc, perf, factor, requests=requests, prefill_factor=prefill_factor)
+        sim_frame = simulate_at_speed(sc, perf, factor, requests=requests, prefill_factor=prefill_factor,
+                                      segments=segments)
         title += f", step times ×{factor:.3f}" + (f", prefill ×{prefill_factor:.3f}" if prefill_factor else "") \
             + " (speed anchor)"
-    cmp = compare(sim.requests, live_repeats=lives, title=title)
-    level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim.requests), anchor_factors=anchors,
+    cmp = compare(sim_frame, live_repeats=lives, title=title)
+    level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim_frame), anchor_factors=anchors,
                           anchor_factor=factor if anchor else math.nan, unanchored=unanchored,
                           anchor_readings=readings,
                           anchor_prefill_factor=prefill_factor if prefill_factor else math.nan)
     if anchors:
         against = f" against the calibration's own reading ×{anchor_reference:.3f}" if anchor_reference else ""
         n_decode, n_prefill = observation_counts(anchor_pool)
-        cmp.notes.append(f"speed anchors (calibration groups before each repeat and after the last{against}): "
+        where = "segment" if segments > 1 else "repeat"
+        cmp.notes.append(f"speed anchors (calibration groups before each {where} and after the last{against}): "
                          f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at their {n_decode} "
                          f"decode windows pooled, ×{level.anchor_factor:.3f}"
                          + (f"; prompt tokens at their {n_prefill} engine-timed prefills pooled, "
                             f"×{prefill_factor:.3f}" if prefill_factor else ""))
     if engine_itls and level.sim_itl_s > 0:
-        factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests)
+        factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests,
+                                                segments=segments)
         level.step_time_factor = factor
-        level.conditioned = compare(cond.requests, live_repeats=lives, title=f"{cmp.title}, step times ×{factor:.3f}")
+        level.conditioned = compare(cond, live_repeats=lives, title=f"{cmp.title}, step times ×{factor:.3f}")
         cmp.notes.append(f"engine inter-token latency (vLLM /metrics) per live repeat: "
                          f"{' / '.join(f'{x * 1e3:.2f}' for x in engine_itls)} ms; simulated "
                          f"{level.sim_itl_s * 1e3:.2f} ms; the simulation matches the median with step times "
@@ -283,9 +340,10 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
 
 
 def step_time_factor_for_itl(scenario: Any, itl_s: float, *, requests: int, lo: float = 0.125,
-                             hi: float = 8.0, rel_tol: float = 0.002) -> tuple[float, Any]:
+                             hi: float = 8.0, rel_tol: float = 0.002, segments: int = 1) -> tuple[float, pd.DataFrame]:
     """The factor on the one cluster's step times that makes the simulated mean inter-token
-    latency (:func:`mean_itl_s`) equal ``itl_s``, by bisection on a log scale; and that simulation.
+    latency (:func:`mean_itl_s`) equal ``itl_s``, by bisection on a log scale; and that simulation's
+    request frame (the workload in ``segments``, as :func:`fidelity_at` ran it).
 
     Not a plain ratio of latencies: a slower engine also holds more requests at once, so its
     batches, and so its steps, grow too — the latency ratio overstates the speed ratio."""
@@ -296,13 +354,13 @@ def step_time_factor_for_itl(scenario: Any, itl_s: float, *, requests: int, lo: 
     partner, cluster = scenario.clusters()[0]
     perf = engine_params_for(scenario, partner, cluster).perf
 
-    def run(f: float) -> Any:
-        return simulate_at_speed(scenario, perf, f, requests=requests)
+    def run(f: float) -> pd.DataFrame:
+        return simulate_at_speed(scenario, perf, f, requests=requests, segments=segments)
 
     for _ in range(40):
         mid = math.sqrt(lo * hi)
         res = run(mid)
-        itl = mean_itl_s(res.requests)
+        itl = mean_itl_s(res)
         if not math.isfinite(itl) or abs(itl / itl_s - 1.0) <= rel_tol:
             break
         lo, hi = (mid, hi) if itl < itl_s else (lo, mid)
@@ -415,10 +473,11 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
                    warmup_requests: int = 100, engine_url: str | None = None, anchor: bool = False,
                    anchor_model: str | None = None, anchor_reference: float | None = None,
                    anchor_prefill_reference: float | None = None, anchor_shape: Mapping[str, int] | None = None,
-                   log: Log | None = None) -> FidelityResult:
+                   segments: int = 1, log: Log | None = None) -> FidelityResult:
     """Measure saturation (unless given), then :func:`fidelity_at` every level (``engine_url``: the
     engine's measured speed beside every level; ``anchor``: the simulation re-anchored to the
-    engine's speed by calibration groups around every level's repeats; see there); see the module doc.
+    engine's speed by calibration groups around every level's repeats; ``segments``: every repeat
+    run in that many parts, the anchor read between them; see there); see the module doc.
 
     ``warmup_requests`` (at the scenario's rate, unrecorded) go before the saturation measurement;
     with ``saturation_rps`` given there is none: every level warms up at its own rate anyway."""
@@ -439,7 +498,8 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
             log(f"level {level:.0%}: {rate:.1f} req/s")
         lf = fidelity_at(scenario, target, rate, requests=requests, repeats=repeats, engine_url=engine_url,
                          anchor=anchor, anchor_model=anchor_model, anchor_reference=anchor_reference,
-                         anchor_prefill_reference=anchor_prefill_reference, anchor_shape=anchor_shape, log=log)
+                         anchor_prefill_reference=anchor_prefill_reference, anchor_shape=anchor_shape,
+                         segments=segments, log=log)
         levels_out[level] = lf
         t = lf.comparison.table
         for metric, tol in tolerances.items():
