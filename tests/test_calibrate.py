@@ -256,3 +256,42 @@ def test_no_per_stream_latency_where_there_is_none(calibration):
     loop, which 15 streams slow (0.13–0.36 ms a stream in three runs)."""
     assert calibration.model.request_overhead_per_stream_s < 6e-4
     assert [r["others"] for r in calibration.meta["stream_probe_levels"]] == [0, 1, 3, 7, 15]  # STREAM_LEVELS
+
+
+def test_calibration_and_anchor_requests_sample_as_the_load_generators_do(monkeypatch):
+    """The model must describe the steps the replays run: a random-sampling step costs more than a
+    greedy one (docs/fidelity.md §14), so the calibration's and the speed anchor's requests carry the
+    same sampling fields as the load generator's. A spy on the emulator's request handling records
+    every completion body each of the three sends."""
+    from publicai_lab.live.anchor import speed_windows
+    from publicai_lab.live.loadgen import run_live
+    from publicai_lab.scenario import load_scenario
+    from conftest import SCENARIOS_DIR
+
+    bodies: list[tuple[str, dict]] = []
+    source = ["calibrate"]
+    original = EmulatedBackend._check_model
+
+    def spy(self, body):
+        bodies.append((source[0], dict(body)))
+        return original(self, body)
+
+    monkeypatch.setattr(EmulatedBackend, "_check_model", spy)
+    toy = load_scenario(SCENARIOS_DIR / "toy.yaml").with_overrides(rate_per_s=20.0)
+    model = toy.resolve_model(toy.clusters()[0][1].model)
+    b = EmulatedBackend(model, engine=replace(default_engine_params(), perf=TRUTH))
+    with serve_many([b]) as (url,):
+        calibrate(url, model, prompt_lengths=(32, 64), concurrencies=(1, 2), output_lengths=(8,), repeats=1,
+                  warmup=0, prefill_probes=0, frontend_burst=0, stream_probes=0, overhead_probes=2,
+                  anchor_readings=1)
+        source[0] = "anchor"
+        speed_windows(url, model, groups=1, concurrency=2, prefill_tokens=0)
+        source[0] = "loadgen"
+        run_live(toy, url, requests=4, progress=False)
+
+    keys = ("temperature", "top_p", "top_k", "min_p", "seed", "frequency_penalty", "presence_penalty")
+    sampling = {(who, tuple((k, body.get(k)) for k in keys)) for who, body in bodies}
+    by_source = {who: {s for w, s in sampling if w == who} for who in ("calibrate", "anchor", "loadgen")}
+    assert all(by_source.values()), f"no requests recorded from some sender: {by_source}"
+    assert by_source["calibrate"] == by_source["anchor"] == by_source["loadgen"]
+    assert len(by_source["loadgen"]) == 1

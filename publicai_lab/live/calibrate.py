@@ -5,7 +5,8 @@ B identical-shape requests sent at once to ``/v1/completions`` — streaming, ``
 ``max_tokens``, prompts given as *token ids* (exact length without a tokenizer; random ids from the
 server's own ``/tokenize`` of filler text, so vLLM's prefix cache never hits) and
 ``return_token_ids`` (vLLM then sends every token's ids, so a chunk carrying several tokens is
-counted right; servers without it send one token a chunk, as the emulator does).
+counted right; servers without it send one token a chunk, as the emulator does). No sampling
+fields (:data:`SAMPLING`): the server's default sampling, as the load generator's requests carry.
 
 Observations, one row each (the design matrix of :meth:`StepTimeModel.step_s`):
 
@@ -83,6 +84,12 @@ STREAM_LEVELS = (1, 2, 4, 8, 16)
 TIMINGS = ("auto", "engine", "client", "server")
 COEFFS = ("c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s")
 _WINDOWS = 4
+#: sampling fields every calibration request carries: none, so the server's default (temperature 1,
+#: random sampling) — what the load generator's requests get, and so the steps the model must describe.
+#: A random-sampling step costs more than a greedy one: closed groups of 8 on the small model here ran
+#: +0.9 % (±0.5 %) slower at the default than at temperature 0, +7.1 % with top_p 0.9 (a sort over the
+#: vocabulary every step; docs/fidelity.md §14). Calibrate with the sampling the workload uses.
+SAMPLING: dict[str, Any] = {}
 _FALLBACK_IDS = tuple(range(10, 100))
 _TTFT_H = "vllm:time_to_first_token_seconds"
 #: engine-stamped: from the step that schedules a request to the step that gives its first token
@@ -454,7 +461,7 @@ class _Client:
 
     def _chat_payload(self, text: str, max_tokens: int) -> dict[str, Any]:
         return {"model": self.model, "messages": [{"role": "user", "content": text}], "max_tokens": int(max_tokens),
-                "stream": True, "ignore_eos": True, "temperature": 0.0}
+                "stream": True, "ignore_eos": True, **SAMPLING}
 
     async def chat_ttft(self, text: str) -> tuple[float, int | None]:
         """A lone streamed chat request (``max_tokens`` 2): client TTFT and the served prompt tokens.
@@ -489,8 +496,8 @@ class _Client:
 
     async def stream(self, prompt_ids: list[int], max_tokens: int, t0: float) -> _Trace:
         payload = {"model": self.model, "prompt": prompt_ids, "max_tokens": int(max_tokens), "stream": True,
-                   "ignore_eos": True, "temperature": 0.0, "return_token_ids": True,
-                   "stream_options": {"include_usage": True}}
+                   "ignore_eos": True, "return_token_ids": True,
+                   "stream_options": {"include_usage": True}, **SAMPLING}
         trace = _Trace(len(prompt_ids), int(max_tokens), time.perf_counter() - t0)
         total = 0
         async with self.session.post(self.root + "/v1/completions", json=payload, headers=self.headers) as resp:
