@@ -137,8 +137,11 @@ def prefill_factor_from_windows(windows: Sequence[Mapping[str, float]], perf: An
 
 
 async def speed_windows_async(target: str, model: str, *, seed: int = 0, api_key: str | None = None,
-                              timeout_s: float = 120.0, **shape: int) -> list[dict[str, float]]:
-    """:func:`speed_windows` inside a running event loop."""
+                              timeout_s: float = 120.0, sampling: Mapping[str, Any] | None = None,
+                              **shape: int) -> list[dict[str, float]]:
+    """:func:`speed_windows` inside a running event loop. ``sampling``: the requests' sampling fields
+    (None: the calibration's, :data:`~publicai_lab.live.calibrate.SAMPLING` — keep them, or the
+    calibration's reference no longer applies; ``benchmarks/sampling_cost.py`` varies them)."""
     import aiohttp
 
     from publicai_lab.live.calibrate import _Client, _root_url
@@ -146,7 +149,7 @@ async def speed_windows_async(target: str, model: str, *, seed: int = 0, api_key
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
                                      connector=aiohttp.TCPConnector(limit=0)) as session:
-        client = _Client(session, _root_url(target), model, headers, timeout_s)
+        client = _Client(session, _root_url(target), model, headers, timeout_s, sampling)
         pool = np.asarray(await client.token_pool())
         return await anchor_windows(client, pool, np.random.default_rng(seed), **shape)
 

@@ -58,7 +58,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,9 +86,10 @@ COEFFS = ("c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s")
 _WINDOWS = 4
 #: sampling fields every calibration request carries: none, so the server's default (temperature 1,
 #: random sampling) — what the load generator's requests get, and so the steps the model must describe.
-#: A random-sampling step costs more than a greedy one: closed groups of 8 on the small model here ran
-#: +0.9 % (±0.5 %) slower at the default than at temperature 0, +7.1 % with top_p 0.9 (a sort over the
-#: vocabulary every step; docs/fidelity.md §14). Calibrate with the sampling the workload uses.
+#: A random-sampling step can cost more than a greedy one: closed groups of 8 on the small model here
+#: ran +0.6 % (±0.5 %) slower at the default than at temperature 0, +6.8 % with top_p 0.9 (a sort over
+#: the vocabulary every step; ``benchmarks/sampling_cost.py``, docs/fidelity.md §14). Calibrate with the
+#: sampling the workload uses.
 SAMPLING: dict[str, Any] = {}
 _FALLBACK_IDS = tuple(range(10, 100))
 _TTFT_H = "vllm:time_to_first_token_seconds"
@@ -392,8 +393,11 @@ def _kv_capacity_tokens(samples: dict[str, Any] | None) -> int | None:
 
 
 class _Client:
-    def __init__(self, session: Any, root: str, model: str, headers: dict[str, str], timeout_s: float) -> None:
+    def __init__(self, session: Any, root: str, model: str, headers: dict[str, str], timeout_s: float,
+                 sampling: Mapping[str, Any] | None = None) -> None:
         self.session, self.root, self.model, self.headers, self.timeout_s = session, root, model, headers, timeout_s
+        #: sampling fields of every request (None: :data:`SAMPLING`, the load generator's)
+        self.sampling = dict(SAMPLING if sampling is None else sampling)
         self.has_metrics = True
         self.tokens_per_word, self.overhead_tokens = 1.0, 0.0
 
@@ -461,7 +465,7 @@ class _Client:
 
     def _chat_payload(self, text: str, max_tokens: int) -> dict[str, Any]:
         return {"model": self.model, "messages": [{"role": "user", "content": text}], "max_tokens": int(max_tokens),
-                "stream": True, "ignore_eos": True, **SAMPLING}
+                "stream": True, "ignore_eos": True, **self.sampling}
 
     async def chat_ttft(self, text: str) -> tuple[float, int | None]:
         """A lone streamed chat request (``max_tokens`` 2): client TTFT and the served prompt tokens.
@@ -497,7 +501,7 @@ class _Client:
     async def stream(self, prompt_ids: list[int], max_tokens: int, t0: float) -> _Trace:
         payload = {"model": self.model, "prompt": prompt_ids, "max_tokens": int(max_tokens), "stream": True,
                    "ignore_eos": True, "return_token_ids": True,
-                   "stream_options": {"include_usage": True}, **SAMPLING}
+                   "stream_options": {"include_usage": True}, **self.sampling}
         trace = _Trace(len(prompt_ids), int(max_tokens), time.perf_counter() - t0)
         total = 0
         async with self.session.post(self.root + "/v1/completions", json=payload, headers=self.headers) as resp:
