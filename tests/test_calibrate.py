@@ -259,7 +259,7 @@ def test_no_per_stream_latency_where_there_is_none(calibration):
 
 
 def test_calibration_and_anchor_requests_sample_as_the_load_generators_do(monkeypatch):
-    """The model must describe the steps the replays run: a random-sampling step costs more than a
+    """The model must describe the steps the replays run: a random-sampling step can cost more than a
     greedy one (docs/fidelity.md §14), so the calibration's and the speed anchor's requests carry the
     same sampling fields as the load generator's. A spy on the emulator's request handling records
     every completion body each of the three sends."""
