@@ -64,6 +64,7 @@ import numpy as np
 import pandas as pd
 
 from publicai_lab.live._sync import run_sync
+from publicai_lab.live.loadgen import SAMPLING as _loadgen_sampling
 from publicai_lab.errors import PublicAILabError
 from publicai_lab.perf.step_time import StepTimeModel
 
@@ -84,13 +85,12 @@ STREAM_LEVELS = (1, 2, 4, 8, 16)
 TIMINGS = ("auto", "engine", "client", "server")
 COEFFS = ("c0_s", "c_prefill_s", "c_prefill_sq_s", "c_decode_s", "c_ctx_s")
 _WINDOWS = 4
-#: sampling fields every calibration request carries: none, so the server's default (temperature 1,
-#: random sampling) — what the load generator's requests get, and so the steps the model must describe.
-#: A random-sampling step can cost more than a greedy one: closed groups of 8 on the small model here
-#: ran +0.6 % (±0.5 %) slower at the default than at temperature 0, +6.8 % with top_p 0.9 (a sort over
-#: the vocabulary every step; ``benchmarks/sampling_cost.py``, docs/fidelity.md §14). Calibrate with the
-#: sampling the workload uses.
-SAMPLING: dict[str, Any] = {}
+#: sampling fields every calibration request carries: the load generator's (none, so the server's
+#: default), so the model describes the steps the replays run. A random-sampling step can cost more than
+#: a greedy one: closed groups of 8 on the small model here ran +0.6 % (±0.5 %) slower at the default than
+#: at temperature 0, +6.8 % with top_p 0.9 (a sort over the vocabulary every step;
+#: ``benchmarks/sampling_cost.py``, docs/fidelity.md §14). Calibrate with the sampling the workload uses.
+SAMPLING: dict[str, Any] = _loadgen_sampling
 _FALLBACK_IDS = tuple(range(10, 100))
 _TTFT_H = "vllm:time_to_first_token_seconds"
 #: engine-stamped: from the step that schedules a request to the step that gives its first token

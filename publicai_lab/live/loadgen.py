@@ -70,6 +70,10 @@ PROMPT_WORDS = tuple(
     "force fire music road tree river sea sky rain snow wind stone light night food bread fish "
     "bird dog cat horse field farm town shop bank park train ship plane map".split())
 
+#: sampling fields of every replayed request: none, so the server's default (vLLM: temperature 1, random
+#: sampling). The calibration and the speed anchor send the same (``calibrate.SAMPLING`` is this), so the
+#: perf model describes the steps the replays run (top_p 0.9 cost 7 % a step here: docs/fidelity.md §14)
+SAMPLING: dict[str, Any] = {}
 _START_DELAY_S = 0.05          # headroom between planning and the first scheduled send
 _USAGE_COLUMNS = ("request_id", "status_code", "served_prompt_tokens", "served_output_tokens",
                   "chunks", "send_lag_s", "model_sent")
@@ -281,7 +285,7 @@ class _Run:
     def _payload(self, spec: Any, prompt: str) -> bytes:
         model = self.model_names.get(spec.model, spec.model)
         body: dict[str, Any] = {"model": model, "max_tokens": int(spec.output_tokens), "ignore_eos": True,
-                                "stream": True, "stream_options": {"include_usage": True}}
+                                "stream": True, "stream_options": {"include_usage": True}, **SAMPLING}
         if self.chat:
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
