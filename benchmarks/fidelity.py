@@ -142,6 +142,11 @@ def main() -> int:
                 prefill_reference = cal.meta.get("speed_anchor_prefill")
                 cal.save(out / "calibration.json")
                 cal.plot_residuals(out / "calibration_residuals.png")
+                # the sweep's rows (raw and detrended times, seconds into the sweep) and the anchor's
+                # readings during it: a fit can be redone offline (docs/fidelity.md §15)
+                (out / "records").mkdir(parents=True, exist_ok=True)
+                cal.observations.to_csv(out / "records" / "calibration_observations.csv", index=False)
+                cal.speed_readings.to_csv(out / "records" / "calibration_speed_readings.csv", index=False)
                 log(repr(cal))
             scenario = one_server_scenario(base, perf)
             if args.anchor:

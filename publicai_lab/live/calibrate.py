@@ -65,6 +65,7 @@ import pandas as pd
 
 from publicai_lab.live._sync import run_sync
 from publicai_lab.live.loadgen import SAMPLING as _loadgen_sampling
+from publicai_lab.live.sweep_drift import detrend_observations, speed_readings
 from publicai_lab.errors import PublicAILabError
 from publicai_lab.perf.step_time import StepTimeModel
 
@@ -113,8 +114,9 @@ class Calibration:
     """A fitted step-time model and the evidence for it.
 
     ``observations``: one row per fitted observation (kind, prompt_tokens, output_tokens,
-    concurrency, the design columns prefill_tokens/prefill_sq_tokens/decode_seqs/context_tokens,
-    observed_s, predicted_s, rel_residual). ``cells``: per sweep cell, client and server-side
+    concurrency, at_s — seconds into the sweep, the design columns
+    prefill_tokens/prefill_sq_tokens/decode_seqs/context_tokens, observed_s, predicted_s, rel_residual;
+    detrended: observed_raw_s and the speed_trend observed_s is observed_raw_s divided by). ``cells``: per sweep cell, client and server-side
     (``/metrics``) means. ``r2`` on the raw seconds, ``r2_by_kind`` per observation kind.
     """
 
@@ -124,6 +126,8 @@ class Calibration:
     observations: pd.DataFrame
     cells: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the speed anchor's readings taken during the sweep (publicai_lab.live.sweep_drift.speed_readings)
+    speed_readings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def request_overhead_s(self) -> float:
@@ -539,7 +543,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                           overhead_endpoint: str = "chat", overhead_probes: int = 16, frontend_burst: int = 16,
                           stream_probes: int = 24, stream_levels: Sequence[int] = STREAM_LEVELS,
                           shuffle: bool = True, hardware: str | None = None, api_key: str | None = None, seed: int = 0,
-                          probe_target: str | None = None, anchor_readings: int = 24,
+                          probe_target: str | None = None, anchor_readings: int = 24, detrend: bool = True,
                           timeout_s: float = 120.0, progress: Progress | bool | None = None) -> Calibration:
     """:func:`calibrate` inside a running event loop."""
     import aiohttp
@@ -619,11 +623,15 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                                            np.linspace(0, len(cells) - 1, max(0, anchor_readings)).round())
         anchor_rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA7C4]))
         anchor_seen: list[dict[str, float]] = []
+        anchor_timed: list[tuple[float, list[dict[str, float]]]] = []    # (at_s, windows) for the detrend
         for cell_index, (p, b, n) in enumerate(cells):
             if cell_index in chat_after:
                 await chat.probe()
             if anchor_after[cell_index] and (kv_tokens is None or _anchor_fits(kv_tokens)):
-                anchor_seen += await anchor_windows(client, pool, anchor_rng, groups=anchor_after[cell_index])
+                a0 = time.perf_counter()
+                windows = await anchor_windows(client, pool, anchor_rng, groups=anchor_after[cell_index])
+                anchor_seen += windows
+                anchor_timed.append((0.5 * (a0 + time.perf_counter()) - t0, windows))
             if kv_tokens is not None and b * (p + n) > 0.9 * kv_tokens:
                 skipped.append(f"P={p} B={b} n={n}")
                 done += repeats
@@ -636,13 +644,14 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
                 before = await client.metrics()
                 g0 = time.perf_counter()
                 traces = await asyncio.gather(*(client.stream(prompt(p), n, g0) for _ in range(b)))
+                at_s = 0.5 * (g0 + time.perf_counter()) - t0       # the group's middle, for the detrend
                 after = await client.metrics()
                 means = _metric_means(before, after)
                 server.append(means)
                 groups += 1
                 ttfts += [t.ttft_s for t in traces]
                 itls += [t.itl_s for t in traces]
-                base = {"prompt_tokens": p, "output_tokens": n, "concurrency": b, "repeat": r}
+                base = {"prompt_tokens": p, "output_tokens": n, "concurrency": b, "repeat": r, "at_s": at_s}
                 if b == 1:
                     # one prefill row per lone group: the median TTFT of the group's request and
                     # ``prefill_probes`` one-token requests (client jitter is one-sided and ms-sized)
@@ -679,6 +688,10 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         obs = pd.DataFrame(obs_rows)
         if obs.empty or not (obs["kind"] == "prefill").any() or not (obs["kind"] == "decode").any():
             raise CalibrationError(f"the sweep produced no usable observations (skipped cells: {skipped})")
+        readings = speed_readings(anchor_timed)
+        drift: dict[str, Any] | str = "off"
+        if detrend:
+            obs, drift = detrend_observations(obs, readings)
         fitted, overhead_fit, obs = fit_observations(obs, prefill_sq=prefill_sq, source=f"calibrate:{root}",
                                                      overhead_column=timing != "engine")
         if timing == "engine":
@@ -751,9 +764,10 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             "speed_anchor_windows": n_anchor_decode,
             "speed_anchor_prefill": _round(prefill_factor_from_windows(anchor_seen, fitted, anchor_decode)),
             "speed_anchor_prefills": n_anchor_prefill,
-            "client_minus_server_ttft_s": _round(api_overhead)}
+            "client_minus_server_ttft_s": _round(api_overhead),
+            "detrend": drift}
     return Calibration(model=fitted, r2=_r2(y, yhat), r2_by_kind=r2_kind,
-                       observations=obs, cells=cells_df, meta=meta)
+                       observations=obs, cells=cells_df, speed_readings=readings, meta=meta)
 
 
 class _ChatProbes:
@@ -906,6 +920,9 @@ def calibrate(target: str, model: str, **kwargs: Any) -> Calibration:
     shape at each of 24 evenly spaced points of the sweep, about 1 s each with the small model on one
     core; their factor against the fitted model is saved as ``speed_anchor``, the reference
     :mod:`publicai_lab.live.anchor`'s later readings are divided by),
+    ``detrend`` (default True: every sweep observation divided by the engine's speed those groups read
+    around it before the fit, :mod:`publicai_lab.live.sweep_drift` — the host's drift over the
+    sweep taken out of the coefficients; needs ``anchor_readings`` >= 3),
     ``api_key``, ``seed`` (prompt token draws and the cell order), ``progress`` (True: a bar; a callable
     ``(done, total, label)``). Works against vLLM (CPU or GPU) and the emulator alike.
     """
@@ -926,7 +943,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         sweep["repeats"] = args.repeats
     cal = calibrate(args.target, args.model, **sweep, prefill_sq=args.prefill_sq, timing=args.timing,
                     hardware=args.hardware, api_key=args.api_key, seed=args.seed, stream_probes=args.stream_probes,
-                    probe_target=args.probe_target, anchor_readings=args.anchor_readings,
+                    probe_target=args.probe_target, anchor_readings=args.anchor_readings, detrend=args.detrend,
                     stream_levels=_ints(args.stream_levels) if args.stream_levels else STREAM_LEVELS,
                     progress=None if args.quiet else True)
     path = cal.save(args.out)
@@ -972,6 +989,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--anchor-readings", type=int, default=24,
                    help="groups of the speed anchor's shape spread over the sweep, for the reference reading saved "
                         "as speed_anchor (default 24, about 1 s each on the small model; 0: none)")
+    p.add_argument("--no-detrend", dest="detrend", action="store_false",
+                   help="fit the raw sweep (default: each observation divided by the engine's speed the anchor's "
+                        "groups read around it, the host's drift over the sweep taken out)")
     p.add_argument("--api-key", help="bearer token, if the target wants one")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt token draws")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
