@@ -102,6 +102,9 @@ def main() -> int:
     ap.add_argument("--probe-path", choices=("gateway", "direct"), default="gateway",
                     help="with --calibrate: where the frontend's chat probes go — through the gateway, the path "
                          "the replays take (default), or direct to the server")
+    ap.add_argument("--constant-share", type=float, default=None,
+                    help="the part of the anchor's slowdown the simulation puts on the step's constant c0 alone "
+                         "(default publicai_lab.live.fidelity.CONSTANT_SHARE; 0: one factor on every decode term; §15)")
     ap.add_argument("--out", default=str(ROOT / "out" / "fidelity"), help="output folder")
     args = ap.parse_args()
 
@@ -157,6 +160,7 @@ def main() -> int:
                                     repeats=args.repeats, log=log, engine_url=server.base_url,
                                     anchor=args.anchor, anchor_model=model_name, anchor_reference=reference,
                                     anchor_prefill_reference=prefill_reference, segments=args.segments,
+                                    constant_share=args.constant_share,
                                     anchor_shape={"groups": args.anchor_groups} if args.anchor_groups else None)
     finally:
         server.stop()

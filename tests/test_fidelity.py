@@ -9,6 +9,7 @@ not the model.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -73,7 +74,7 @@ def _fidelity_against_a_30_percent_slower_engine(**kwargs) -> FidelityResult:
     slower = one_server_scenario(sc, scaled_step_times(perf, 1.3))
     with EmulatedBackend.from_scenario(slower, sc.backend_id(*sc.clusters()[0])).serve() as url:
         return fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
-                              engine_url=url, anchor_shape={"groups": 4}, **kwargs)
+                              engine_url=url, anchor_shape={"groups": 4}, constant_share=0.0, **kwargs)
 
 
 def test_engine_drift_is_measured_and_conditioning_on_it_removes_the_error():
@@ -129,7 +130,7 @@ def test_the_anchors_prefills_set_the_prompt_token_terms_apart():
     with EmulatedBackend.from_scenario(engine, sc.backend_id(*sc.clusters()[0])).serve() as url:
         result = fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
                                 engine_url=url, anchor=True, anchor_shape={"groups": 4},
-                                anchor_reference=1.0, anchor_prefill_reference=1.0)
+                                anchor_reference=1.0, anchor_prefill_reference=1.0, constant_share=0.0)
     t = result.table.set_index("metric")
     level = result.levels[0.3]
     assert level.anchor_factor == pytest.approx(1.3, abs=0.08), result.to_markdown()
@@ -147,6 +148,53 @@ def test_scaled_step_times_sets_the_prompt_token_terms_apart():
     assert (both.c_prefill_s, both.c_prefill_sq_s) == pytest.approx((1.6e-5, 0.8e-9))
     assert both.request_overhead_s == perf.request_overhead_s                 # the frontend is not the engine
     assert scaled_step_times(perf, 1.5).c_prefill_s == pytest.approx(3e-5)    # one factor for all
+
+
+def test_a_slowdown_split_onto_the_constant_keeps_the_anchors_step_and_spares_larger_batches():
+    perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=2e-4, c_ctx_s=1e-6, request_overhead_s=0.005)
+    q8 = perf.c0_s / perf.step_s(0, 8, 1600)
+    split = scaled_step_times(perf, 1.2, constant_share=0.7, anchor_c0_share=q8)
+    assert split.step_s(0, 8, 1600) == pytest.approx(1.2 * perf.step_s(0, 8, 1600))      # the anchor's reading kept
+    for batch, ctx in ((1, 200), (2, 400), (16, 3200), (32, 6400)):
+        q = perf.c0_s / perf.step_s(0, batch, ctx)
+        want = 1 + 0.2 * (1 - 0.7 + 0.7 * q / q8)
+        assert split.step_s(0, batch, ctx) / perf.step_s(0, batch, ctx) == pytest.approx(want)
+    assert split.step_s(0, 1, 200) / perf.step_s(0, 1, 200) > 1.2 > split.step_s(0, 32, 6400) / perf.step_s(0, 32, 6400)
+    assert split.c_prefill_s == pytest.approx(1.2 * perf.c_prefill_s)                     # prompt tokens as before
+    plain = scaled_step_times(perf, 1.2)
+    assert scaled_step_times(perf, 1.2, constant_share=0.0, anchor_c0_share=q8) == plain
+    from publicai_lab.errors import PublicAILabError
+    with pytest.raises(PublicAILabError, match="constant_share"):
+        scaled_step_times(perf, 1.2, constant_share=1.5, anchor_c0_share=q8)
+
+
+def test_a_slowdown_of_the_constant_is_followed_where_one_factor_is_not():
+    """An engine whose step constant c0 runs 3× slower than its perf model and whose per-sequence
+    work does not: the anchor's batch of 8 reads ×1.67, a light replay's smaller batches run slower
+    than that. The slowdown put on c0 (constant_share=1) follows the replay; one factor on every term,
+    simulated against the same live repeats, is too fast."""
+    from publicai_lab.analysis.compare import compare
+    from publicai_lab.live.anchor import c0_share_from_windows
+    from publicai_lab.live.fidelity import simulate_at_speed
+
+    perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=1e-3, request_overhead_s=0.005)
+    sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"), perf)
+    engine = one_server_scenario(sc, replace(perf, c0_s=3 * perf.c0_s))
+    with EmulatedBackend.from_scenario(engine, sc.backend_id(*sc.clusters()[0])).serve() as url:
+        result = fidelity_table(sc, url, levels=(0.1,), saturation_rps=60.0, requests=80, repeats=2,
+                                engine_url=url, anchor=True, anchor_shape={"groups": 4}, anchor_reference=1.0,
+                                anchor_prefill_reference=1.0, constant_share=1.0)
+    level = result.levels[0.1]
+    assert level.anchor_factor == pytest.approx(5 / 3, abs=0.08), result.to_markdown()
+    split_error = result.table.set_index("metric").loc["e2e_p50_s", "rel_error"]
+    pool = [w for windows in level.anchor_readings for w in windows]
+    assert c0_share_from_windows(pool, perf) == pytest.approx(1 / 3, abs=0.01)      # 4 ms of a 12 ms step
+    uniform = simulate_at_speed(sc.with_overrides(rate_per_s=6.0), perf, level.anchor_factor, requests=80,
+                                prefill_factor=level.anchor_prefill_factor)
+    uniform_error = compare(uniform, live_repeats=level.comparison.live_frames).table.loc["e2e_p50_s", "rel_error"]
+    assert abs(split_error) < 0.03, result.to_markdown()
+    assert uniform_error < split_error - 0.04, (uniform_error, split_error)          # one factor: too fast
+    assert "100% of the slowdown on the step's constant c0" in result.to_markdown()
 
 
 def test_speed_anchor_needs_the_server_itself():

@@ -50,7 +50,7 @@ import numpy as np
 from publicai_lab.errors import PublicAILabError
 
 __all__ = ["speed_factor", "speed_factor_async", "speed_windows", "speed_windows_async", "anchor_windows",
-           "factor_from_windows", "prefill_factor_from_windows", "observation_counts", "checked_factor",
+           "factor_from_windows", "c0_share_from_windows", "prefill_factor_from_windows", "observation_counts", "checked_factor",
            "calibrated_reference", "ANCHOR_SHAPE"]
 
 #: the anchor's groups: a batch of 8 (the middle of the calibration's concurrencies), prompts and
@@ -122,17 +122,26 @@ def factor_from_windows(windows: Sequence[Mapping[str, float]], perf: Any) -> fl
     return float(np.median(ratios)) if ratios else math.nan
 
 
-def prefill_factor_from_windows(windows: Sequence[Mapping[str, float]], perf: Any, decode_factor: float) -> float:
+def c0_share_from_windows(windows: Sequence[Mapping[str, float]], perf: Any) -> float:
+    """The step's constant over the whole modelled step at the anchor's decode windows (median; NaN
+    without any): where the simulation splits a slowdown between c0 and the per-sequence terms
+    (:func:`~publicai_lab.live.fidelity.scaled_step_times`, ``constant_share``), the shape it was read at."""
+    shares = [perf.c0_s / perf.step_s(0, int(w["decode_seqs"]), w["context_tokens"])
+              for w in windows if w["decode_seqs"] > 0]
+    return float(np.median(shares)) if shares else math.nan
+
+
+def prefill_factor_from_windows(windows: Sequence[Mapping[str, float]], perf: Any, c0_factor: float) -> float:
     """The factor on ``perf``'s prompt-token terms (c_prefill, c_prefill_sq) that fits the engine-timed
-    prefills among ``windows``, the step's constant c0 taken at ``decode_factor`` (it is the decode
-    steps' constant too): the median of (observed − c0·decode_factor) / prompt-token terms. NaN without
-    prefills or without prompt-token terms."""
+    prefills among ``windows``, the step's constant c0 taken at ``c0_factor`` (the decode steps' factor
+    on it: the decode factor, or c0's own where a slowdown is split onto it): the median of
+    (observed − c0·c0_factor) / prompt-token terms. NaN without prefills or without prompt-token terms."""
     ratios = []
     for w in windows:
         p = int(w.get("prefill_tokens", 0))
         prompt_s = perf.c_prefill_s * p + perf.c_prefill_sq_s * p * p
         if p > 0 and prompt_s > 0:
-            ratios.append((w["step_s"] - perf.c0_s * decode_factor) / prompt_s)
+            ratios.append((w["step_s"] - perf.c0_s * c0_factor) / prompt_s)
     return float(np.median(ratios)) if ratios else math.nan
 
 

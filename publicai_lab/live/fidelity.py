@@ -40,7 +40,8 @@ from publicai_lab.errors import PublicAILabError
 
 __all__ = ["one_server_scenario", "measure_saturation_rps", "fidelity_at", "fidelity_table", "FidelityResult",
            "LevelFidelity", "engine_itl_totals", "mean_itl_s", "scaled_step_times", "step_time_factor_for_itl",
-           "segment_plan", "joined_segments", "simulate_segments", "simulate_at_speed", "TOLERANCES", "LEVELS"]
+           "segment_plan", "joined_segments", "simulate_segments", "simulate_at_speed", "TOLERANCES", "LEVELS",
+           "CONSTANT_SHARE"]
 
 #: relative error allowed per metric (issue 4: E2E p50/p90 within 10 %, TTFT p50 within 15 %)
 TOLERANCES: dict[str, float] = {"e2e_p50_s": 0.10, "e2e_p90_s": 0.10, "ttft_p50_s": 0.15}
@@ -144,16 +145,42 @@ def mean_itl_s(frame: pd.DataFrame) -> float:
 
 #: the step-time terms of a prompt's tokens: a separate factor where the anchor timed prefills
 PREFILL_COEFFS = ("c_prefill_s", "c_prefill_sq_s")
+#: the part of the anchor's slowdown the simulation puts on the step's constant c0 alone
+#: (:func:`scaled_step_times`). Over 48 levels of twelve benchmark runs (sessions 10–13) the engine's
+#: slowdown in a replay, against the anchor's at batch 8, fell with load as a c0-heavy slowdown
+#: predicts (regression slope 0.86 / 0.62 / 0.58 / 0.58 at 25 / 50 / 75 / 90 %); the share chosen
+#: leaving each run out was 0.60–0.75, and took the anchor's rms offset from the engine from 4.7 to
+#: 3.5 points (docs/fidelity.md §15)
+CONSTANT_SHARE = 0.7
 
 
-def scaled_step_times(perf: Any, factor: float, prefill_factor: float | None = None) -> Any:
+def scaled_step_times(perf: Any, factor: float, prefill_factor: float | None = None, *,
+                      constant_share: float = 0.0, anchor_c0_share: float | None = None) -> Any:
     """``perf`` with every step-time coefficient times ``factor`` — the prompt-token terms times
-    ``prefill_factor`` where given; the frontend's terms unchanged."""
+    ``prefill_factor`` where given; the frontend's terms unchanged.
+
+    ``constant_share`` (0–1, with ``anchor_c0_share``, the step's constant c0 over the whole step at
+    the shape ``factor`` was read at): the part of the slowdown that sits in c0 alone. The host does
+    not slow a step's constant (scheduling, sampling, Python) as it slows its per-sequence arithmetic
+    (docs/fidelity.md §12, §15): with share a, a slowdown s = factor − 1 read at c0 share q8 becomes
+    c0 × (1 + s·(1 − a + a/q8)) and the per-sequence terms × (1 + s·(1 − a)) — the step at the
+    reading's shape is still ``factor`` times the model's, a step whose c0 share is q is 1 + s·(1 − a
+    + a·q/q8) times. 0: every decode term × ``factor``."""
     from publicai_lab.live.calibrate import COEFFS
 
+    if not 0.0 <= constant_share <= 1.0:
+        raise PublicAILabError(f"scaled_step_times: constant_share must be between 0 and 1; got {constant_share!r}")
     pf = factor if prefill_factor is None else prefill_factor
     scaled = {k: getattr(perf, k) * (pf if k in PREFILL_COEFFS else factor) for k in COEFFS}
     label = f"×{factor:.3f}" + (f", prefill ×{pf:.3f}" if prefill_factor is not None else "")
+    if constant_share > 0.0 and anchor_c0_share:
+        if not 0.0 < anchor_c0_share <= 1.0:
+            raise PublicAILabError(f"scaled_step_times: anchor_c0_share must be in (0, 1]; got {anchor_c0_share!r}")
+        slowdown = factor - 1.0
+        per_sequence = 1.0 + slowdown * (1.0 - constant_share)
+        scaled.update(c0_s=perf.c0_s * (1.0 + slowdown * (1.0 - constant_share + constant_share / anchor_c0_share)),
+                      c_decode_s=perf.c_decode_s * per_sequence, c_ctx_s=perf.c_ctx_s * per_sequence)
+        label += f" ({constant_share:.0%} of it on c0)"
     return replace(perf, **scaled, source=f"{perf.source} {label}")
 
 
@@ -197,10 +224,13 @@ def simulate_segments(scenario: Any, plan: Sequence[tuple[int, int]]) -> pd.Data
 
 
 def simulate_at_speed(scenario: Any, perf: Any, factor: float, *, requests: int,
-                      prefill_factor: float | None = None, segments: int = 1) -> pd.DataFrame:
+                      prefill_factor: float | None = None, segments: int = 1, constant_share: float = 0.0,
+                      anchor_c0_share: float | None = None) -> pd.DataFrame:
     """The request frame of the one-server ``scenario`` simulated with ``perf``'s step times ×
-    ``factor`` (prompt-token terms × ``prefill_factor`` where given), in ``segments``."""
-    sc = one_server_scenario(scenario, scaled_step_times(perf, factor, prefill_factor))
+    ``factor`` (prompt-token terms × ``prefill_factor`` where given; the slowdown split between c0
+    and the per-sequence terms by ``constant_share``, :func:`scaled_step_times`), in ``segments``."""
+    sc = one_server_scenario(scenario, scaled_step_times(perf, factor, prefill_factor, constant_share=constant_share,
+                                                         anchor_c0_share=anchor_c0_share))
     return simulate_segments(sc, segment_plan(requests, segments, sc.seed))
 
 
@@ -208,7 +238,7 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
                 warmup_requests: int = 50, engine_url: str | None = None, anchor: bool = False,
                 anchor_model: str | None = None, anchor_reference: float | None = None,
                 anchor_prefill_reference: float | None = None, anchor_shape: Mapping[str, int] | None = None,
-                segments: int = 1, log: Log | None = None) -> LevelFidelity:
+                segments: int = 1, constant_share: float | None = None, log: Log | None = None) -> LevelFidelity:
     """Simulate and replay ``scenario`` at ``rate_rps`` (Poisson): a :class:`LevelFidelity` holding the
     comparison of the simulation against ``repeats`` live runs through ``target`` (a gateway or the server).
 
@@ -236,6 +266,10 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     as it slows a decode step: docs/fidelity.md §10), without it at the decode factor. ``anchor_shape``: keywords
     of :func:`~publicai_lab.live.anchor.anchor_windows` over :data:`~publicai_lab.live.anchor.ANCHOR_SHAPE`
     (``groups``: fewer for a quick look; keep the calibration's shape, or its reference no longer applies).
+    ``constant_share`` (None: :data:`CONSTANT_SHARE`; 0: one factor on every decode term): the part of
+    the slowdown the anchor reads that the simulation puts on the step's constant c0 alone
+    (:func:`scaled_step_times`) — the host slows a step's constant more than its per-sequence work,
+    so a replay of larger batches slows less than the anchor's batch of 8 (docs/fidelity.md §15).
 
     ``segments``: every repeat is run as that many shorter runs of the workload one after another
     (:func:`segment_plan`: the same segments, so the same requests, in every repeat and in the
@@ -248,13 +282,16 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
     simulation as live. With segments, pass an ``anchor_shape`` of fewer ``groups`` to keep a
     level's anchor time."""
     from publicai_lab.analysis.compare import compare
-    from publicai_lab.live.anchor import (checked_factor, factor_from_windows, observation_counts,
-                                          prefill_factor_from_windows, speed_windows)
+    from publicai_lab.live.anchor import (c0_share_from_windows, checked_factor, factor_from_windows,
+                                          observation_counts, prefill_factor_from_windows, speed_windows)
     from publicai_lab.live.loadgen import run_live
     from publicai_lab.perf import engine_params_for
 
     if anchor and not engine_url:
         raise PublicAILabError("fidelity_at: anchor=True needs engine_url (the vLLM server itself)")
+    share = CONSTANT_SHARE if constant_share is None else float(constant_share)
+    if not 0.0 <= share <= 1.0:
+        raise PublicAILabError(f"fidelity_at: constant_share must be between 0 and 1; got {constant_share!r}")
     for name, value in (("anchor_reference", anchor_reference), ("anchor_prefill_reference", anchor_prefill_reference)):
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise PublicAILabError(f"fidelity_at: {name} must be a positive factor; got {value!r}")
@@ -309,13 +346,16 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
         anchor_pool = [w for windows in readings for w in windows]
         bare = checked_factor(anchor_pool, perf, str(engine_url))
         factor = bare / reference
-        prefill_ratio = prefill_factor_from_windows(anchor_pool, perf, bare)
+        c0_share = c0_share_from_windows(anchor_pool, perf)
+        # the prefills' c0 at the factor the decode steps put on it (its own, where the slowdown is split onto it)
+        c0_bare = bare if not share else 1.0 + (bare - 1.0) * (1.0 - share + share / c0_share)
+        prefill_ratio = prefill_factor_from_windows(anchor_pool, perf, c0_bare)
         if anchor_prefill_reference and prefill_ratio > 0:
             prefill_factor = prefill_ratio / anchor_prefill_reference
         sim_frame = simulate_at_speed(sc, perf, factor, requests=requests, prefill_factor=prefill_factor,
-                                      segments=segments)
+                                      segments=segments, constant_share=share, anchor_c0_share=c0_share)
         title += f", step times ×{factor:.3f}" + (f", prefill ×{prefill_factor:.3f}" if prefill_factor else "") \
-            + " (speed anchor)"
+            + (f", {share:.0%} of it on c0" if share else "") + " (speed anchor)"
     cmp = compare(sim_frame, live_repeats=lives, title=title)
     level = LevelFidelity(cmp, engine_itls_s=engine_itls, sim_itl_s=mean_itl_s(sim_frame), anchor_factors=anchors,
                           anchor_factor=factor if anchor else math.nan, unanchored=unanchored,
@@ -329,7 +369,9 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
                          f"{' / '.join(f'×{a:.3f}' for a in anchors)}; simulated at their {n_decode} "
                          f"decode windows pooled, ×{level.anchor_factor:.3f}"
                          + (f"; prompt tokens at their {n_prefill} engine-timed prefills pooled, "
-                            f"×{prefill_factor:.3f}" if prefill_factor else ""))
+                            f"×{prefill_factor:.3f}" if prefill_factor else "")
+                         + (f"; {share:.0%} of the slowdown on the step's constant c0 (c0 {c0_share:.0%} of the "
+                            f"anchor's step)" if share else ""))
     if engine_itls and level.sim_itl_s > 0:
         factor, cond = step_time_factor_for_itl(sc, float(np.median(engine_itls)), requests=requests,
                                                 segments=segments)
@@ -443,7 +485,9 @@ class FidelityResult:
                       "the readings' decode windows pooled — its prompt-token terms at their prefills pooled — "
                       "each divided by the calibration's own reading of the same where the perf model has one "
                       "(without a prefill reference, the prompt-token terms run at the decode factor), shown as "
-                      "how much slower (+) than calibrated. Error at the calibration's speed: the same simulation "
+                      "how much slower (+) than calibrated; where the level's notes say so, part of that slowdown "
+                      "sits on the step's constant c0 alone, so larger batches than the anchor's slow less "
+                      "(docs/fidelity.md §15). Error at the calibration's speed: the same simulation "
                       "without it.", ""]
         head = ["load", "req/s", "metric", "sim ms", "live ms (median)", "live runs ms", "error", "live spread",
                 "tolerance", "verdict"] + (["speed anchor", "error at calibration speed"] if anchored else []) \
@@ -476,7 +520,7 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
                    warmup_requests: int = 100, engine_url: str | None = None, anchor: bool = False,
                    anchor_model: str | None = None, anchor_reference: float | None = None,
                    anchor_prefill_reference: float | None = None, anchor_shape: Mapping[str, int] | None = None,
-                   segments: int = 1, log: Log | None = None) -> FidelityResult:
+                   segments: int = 1, constant_share: float | None = None, log: Log | None = None) -> FidelityResult:
     """Measure saturation (unless given), then :func:`fidelity_at` every level (``engine_url``: the
     engine's measured speed beside every level; ``anchor``: the simulation re-anchored to the
     engine's speed by calibration groups around every level's repeats; ``segments``: every repeat
@@ -502,7 +546,7 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
         lf = fidelity_at(scenario, target, rate, requests=requests, repeats=repeats, engine_url=engine_url,
                          anchor=anchor, anchor_model=anchor_model, anchor_reference=anchor_reference,
                          anchor_prefill_reference=anchor_prefill_reference, anchor_shape=anchor_shape,
-                         segments=segments, log=log)
+                         segments=segments, constant_share=constant_share, log=log)
         levels_out[level] = lf
         t = lf.comparison.table
         for metric, tol in tolerances.items():
