@@ -146,11 +146,11 @@ def mean_itl_s(frame: pd.DataFrame) -> float:
 #: the step-time terms of a prompt's tokens: a separate factor where the anchor timed prefills
 PREFILL_COEFFS = ("c_prefill_s", "c_prefill_sq_s")
 #: the part of the anchor's slowdown the simulation puts on the step's constant c0 alone
-#: (:func:`scaled_step_times`). Over 48 levels of twelve benchmark runs (sessions 10–13) the engine's
+#: (:func:`scaled_step_times`). Over 52 levels of thirteen benchmark runs (sessions 10–13) the engine's
 #: slowdown in a replay, against the anchor's at batch 8, fell with load as a c0-heavy slowdown
-#: predicts (regression slope 0.86 / 0.62 / 0.58 / 0.58 at 25 / 50 / 75 / 90 %); the share chosen
-#: leaving each run out was 0.60–0.75, and took the anchor's rms offset from the engine from 4.7 to
-#: 3.5 points (docs/fidelity.md §15)
+#: predicts (regression slope 0.86 / 0.61 / 0.58 / 0.58 at 25 / 50 / 75 / 90 %); the share chosen
+#: leaving each run out was 0.60–0.75, and took the held-out runs' rms offset of the anchor from the
+#: engine from 4.6 to 3.4 points (docs/fidelity.md §15)
 CONSTANT_SHARE = 0.7
 
 
@@ -347,6 +347,8 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
         bare = checked_factor(anchor_pool, perf, str(engine_url))
         factor = bare / reference
         c0_share = c0_share_from_windows(anchor_pool, perf)
+        if not c0_share > 0:            # a model without a step constant: nothing to split onto
+            share = 0.0
         # the prefills' c0 at the factor the decode steps put on it (its own, where the slowdown is split onto it)
         c0_bare = bare if not share else 1.0 + (bare - 1.0) * (1.0 - share + share / c0_share)
         prefill_ratio = prefill_factor_from_windows(anchor_pool, perf, c0_bare)

@@ -111,6 +111,10 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(s
     assert 0.7 < cal.meta["speed_anchor"] < 1.3 and cal.meta["speed_anchor_windows"] >= 12, cal.meta
     # the anchor's engine-timed prefills: one after every group, against the fitted prefill step
     assert 0.7 < cal.meta["speed_anchor_prefill"] < 1.3 and cal.meta["speed_anchor_prefills"] >= 3, cal.meta
+    # the sweep detrended by the anchor's groups spread over it (docs/fidelity.md §15)
+    assert cal.meta["detrend"]["decode"]["readings"] >= 12, cal.meta["detrend"]
+    assert (cal.observations["speed_trend"] != 1.0).any(), cal.meta["detrend"]
+    assert "of the slowdown on the step's constant c0" in result.to_markdown()
     assert 4 < result.saturation_rps < 40, result.saturation_rps   # the small model on one core: 11–25 req/s so far
     assert [lvl["others"] for lvl in cal.meta["stream_probe_levels"]] == [0, 1, 3, 7, 15], cal.meta
     level = result.levels[0.25]
