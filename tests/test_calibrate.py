@@ -84,6 +84,7 @@ def test_json_round_trip_and_plot(calibration, tmp_path):
     assert png.stat().st_size > 5000
     md = calibration.to_markdown()
     assert "c_decode_s" in md and "R²" in md
+    assert "Sweep detrended" in md and calibration.meta["detrend"]["decode"]["readings"] >= 12, md
 
 
 def test_fit_is_exact_on_noise_free_rows():

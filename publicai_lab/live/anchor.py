@@ -50,8 +50,8 @@ import numpy as np
 from publicai_lab.errors import PublicAILabError
 
 __all__ = ["speed_factor", "speed_factor_async", "speed_windows", "speed_windows_async", "anchor_windows",
-           "factor_from_windows", "c0_share_from_windows", "prefill_factor_from_windows", "observation_counts", "checked_factor",
-           "calibrated_reference", "ANCHOR_SHAPE"]
+           "factor_from_windows", "c0_share_from_windows", "prefill_factor_from_windows", "observation_counts",
+           "checked_factor", "calibrated_reference", "ANCHOR_SHAPE"]
 
 #: the anchor's groups: a batch of 8 (the middle of the calibration's concurrencies), prompts and
 #: outputs near the workloads' medians. Twelve groups take about 14 s with the small model on one core:

@@ -116,8 +116,10 @@ class Calibration:
     ``observations``: one row per fitted observation (kind, prompt_tokens, output_tokens,
     concurrency, at_s — seconds into the sweep, the design columns
     prefill_tokens/prefill_sq_tokens/decode_seqs/context_tokens, observed_s, predicted_s, rel_residual;
-    detrended: observed_raw_s and the speed_trend observed_s is observed_raw_s divided by). ``cells``: per sweep cell, client and server-side
-    (``/metrics``) means. ``r2`` on the raw seconds, ``r2_by_kind`` per observation kind.
+    where detrended also observed_raw_s and speed_trend, observed_s being observed_raw_s / speed_trend).
+    ``cells``: per sweep cell, client and server-side (``/metrics``) means. ``r2`` on the fitted
+    seconds (detrended where the sweep was), ``r2_by_kind`` per observation kind. ``speed_readings``:
+    the anchor's readings during the sweep, which the detrend divides by.
     """
 
     model: StepTimeModel
@@ -218,6 +220,14 @@ class Calibration:
                           + (f"; prefill ×{self.meta['speed_anchor_prefill']:.3f} "
                              f"({self.meta.get('speed_anchor_prefills', '?')} engine-timed prefills)"
                              if self.meta.get("speed_anchor_prefill") else "") + "."]
+        drift = self.meta.get("detrend")
+        if isinstance(drift, dict) and isinstance(drift.get("decode"), dict):
+            d = drift["decode"]
+            lines += ["", f"Sweep detrended (publicai_lab.live.sweep_drift): decode rows divided by the engine's speed "
+                          f"{d['readings']} anchor readings saw around them (×{d['trend_min']:.3f}–×{d['trend_max']:.3f})"
+                          + (f", prefill rows by their prefills' (×{drift['prefill']['trend_min']:.3f}–"
+                             f"×{drift['prefill']['trend_max']:.3f})" if isinstance(drift.get("prefill"), dict) else "")
+                          + "."]
         levels = self.meta.get("stream_probe_levels") or []
         if levels:
             lines += ["", "Chat requests beside running streams (`request_overhead_per_stream_s` is the slope of the gap):",

@@ -41,7 +41,7 @@ from publicai_lab.errors import PublicAILabError
 __all__ = ["one_server_scenario", "measure_saturation_rps", "fidelity_at", "fidelity_table", "FidelityResult",
            "LevelFidelity", "engine_itl_totals", "mean_itl_s", "scaled_step_times", "step_time_factor_for_itl",
            "segment_plan", "joined_segments", "simulate_segments", "simulate_at_speed", "TOLERANCES", "LEVELS",
-           "CONSTANT_SHARE"]
+           "CONSTANT_SHARE", "constant_factor"]
 
 #: relative error allowed per metric (issue 4: E2E p50/p90 within 10 %, TTFT p50 within 15 %)
 TOLERANCES: dict[str, float] = {"e2e_p50_s": 0.10, "e2e_p90_s": 0.10, "ttft_p50_s": 0.15}
@@ -154,6 +154,13 @@ PREFILL_COEFFS = ("c_prefill_s", "c_prefill_sq_s")
 CONSTANT_SHARE = 0.7
 
 
+def constant_factor(factor: float, constant_share: float, anchor_c0_share: float) -> float:
+    """The factor on the step's constant c0 when a share ``constant_share`` of the slowdown
+    ``factor`` − 1, read where c0 is ``anchor_c0_share`` of the step, sits on c0 alone
+    (:func:`scaled_step_times`)."""
+    return 1.0 + (factor - 1.0) * (1.0 - constant_share + constant_share / anchor_c0_share)
+
+
 def scaled_step_times(perf: Any, factor: float, prefill_factor: float | None = None, *,
                       constant_share: float = 0.0, anchor_c0_share: float | None = None) -> Any:
     """``perf`` with every step-time coefficient times ``factor`` — the prompt-token terms times
@@ -176,9 +183,8 @@ def scaled_step_times(perf: Any, factor: float, prefill_factor: float | None = N
     if constant_share > 0.0 and anchor_c0_share:
         if not 0.0 < anchor_c0_share <= 1.0:
             raise PublicAILabError(f"scaled_step_times: anchor_c0_share must be in (0, 1]; got {anchor_c0_share!r}")
-        slowdown = factor - 1.0
-        per_sequence = 1.0 + slowdown * (1.0 - constant_share)
-        scaled.update(c0_s=perf.c0_s * (1.0 + slowdown * (1.0 - constant_share + constant_share / anchor_c0_share)),
+        per_sequence = 1.0 + (factor - 1.0) * (1.0 - constant_share)
+        scaled.update(c0_s=perf.c0_s * constant_factor(factor, constant_share, anchor_c0_share),
                       c_decode_s=perf.c_decode_s * per_sequence, c_ctx_s=perf.c_ctx_s * per_sequence)
         label += f" ({constant_share:.0%} of it on c0)"
     return replace(perf, **scaled, source=f"{perf.source} {label}")
@@ -350,7 +356,7 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
         if not c0_share > 0:            # a model without a step constant: nothing to split onto
             share = 0.0
         # the prefills' c0 at the factor the decode steps put on it (its own, where the slowdown is split onto it)
-        c0_bare = bare if not share else 1.0 + (bare - 1.0) * (1.0 - share + share / c0_share)
+        c0_bare = constant_factor(bare, share, c0_share) if share else bare
         prefill_ratio = prefill_factor_from_windows(anchor_pool, perf, c0_bare)
         if anchor_prefill_reference and prefill_ratio > 0:
             prefill_factor = prefill_ratio / anchor_prefill_reference
