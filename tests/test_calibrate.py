@@ -84,7 +84,8 @@ def test_json_round_trip_and_plot(calibration, tmp_path):
     assert png.stat().st_size > 5000
     md = calibration.to_markdown()
     assert "c_decode_s" in md and "R²" in md
-    assert "Sweep detrended" in md and calibration.meta["detrend"]["decode"]["readings"] >= 12, md
+    assert "Sweep detrended" in md, md
+    assert calibration.meta["detrend"]["decode"]["readings"] == len(calibration.speed_readings) >= 3
 
 
 def test_fit_is_exact_on_noise_free_rows():
