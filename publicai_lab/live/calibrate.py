@@ -632,7 +632,6 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
         anchor_after = collections.Counter(int(i) for i in
                                            np.linspace(0, len(cells) - 1, max(0, anchor_readings)).round())
         anchor_rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA7C4]))
-        anchor_seen: list[dict[str, float]] = []
         anchor_timed: list[tuple[float, list[dict[str, float]]]] = []    # (at_s, windows) for the detrend
         for cell_index, (p, b, n) in enumerate(cells):
             if cell_index in chat_after:
@@ -640,7 +639,6 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
             if anchor_after[cell_index] and (kv_tokens is None or _anchor_fits(kv_tokens)):
                 a0 = time.perf_counter()
                 windows = await anchor_windows(client, pool, anchor_rng, groups=anchor_after[cell_index])
-                anchor_seen += windows
                 anchor_timed.append((0.5 * (a0 + time.perf_counter()) - t0, windows))
             if kv_tokens is not None and b * (p + n) > 0.9 * kv_tokens:
                 skipped.append(f"P={p} B={b} n={n}")
@@ -754,6 +752,7 @@ async def calibrate_async(target: str, model: str, *, prompt_lengths: Sequence[i
     cells_df = pd.DataFrame(cell_rows)
     lone = cells_df[cells_df["concurrency"] == 1]
     api_overhead = float((lone["client_ttft_s"] - lone["server_ttft_s"]).mean()) if not lone.empty else math.nan
+    anchor_seen = [w for _, windows in anchor_timed for w in windows]    # every reading's windows, pooled
     anchor_decode = factor_from_windows(anchor_seen, fitted)    # the prefills' c0 is read at it too
     n_anchor_decode, n_anchor_prefill = observation_counts(anchor_seen)
     meta = {"model": model, "hardware": hardware or "unknown", "target": root,

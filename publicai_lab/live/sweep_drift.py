@@ -51,14 +51,11 @@ def speed_trend(at_s: np.ndarray, step_s: np.ndarray, span: int = TREND_SPAN) ->
     """The relative speed (1 = the readings' median) at each reading: the geometric mean over
     ``span`` readings centred on it (fewer at the ends), in time order. NaN steps are skipped."""
     order = np.argsort(at_s)
-    log_rel = np.log(np.asarray(step_s, float)[order] / np.nanmedian(step_s))
-    half = max(0, int(span)) // 2
-    out = np.empty_like(log_rel)
-    for i in range(len(log_rel)):
-        window = log_rel[max(0, i - half): i + half + 1]
-        out[i] = np.nanmean(window) if np.isfinite(window).any() else 0.0
-    trend = np.empty_like(out)
-    trend[order] = np.exp(out)
+    log_rel = pd.Series(np.log(np.asarray(step_s, float)[order] / np.nanmedian(step_s)))
+    window = 2 * (max(0, int(span)) // 2) + 1    # an odd window, centred
+    smoothed = log_rel.rolling(window, center=True, min_periods=1).mean().fillna(0.0).to_numpy()
+    trend = np.empty_like(smoothed)
+    trend[order] = np.exp(smoothed)
     return trend
 
 
