@@ -147,12 +147,12 @@ def mean_itl_s(frame: pd.DataFrame) -> float:
 PREFILL_COEFFS = ("c_prefill_s", "c_prefill_sq_s")
 #: the part of the anchor's slowdown the simulation puts on the step's constant c0 alone
 #: (:func:`scaled_step_times`). The engine's slowdown in a replay, against the anchor's at batch 8,
-#: falls with load as a c0-heavy slowdown predicts (regression slope ~0.8 / 0.7 / 0.6 / 0.6 at
-#: 25 / 50 / 75 / 90 %, the same in thirteen runs and in eight later ones). Chosen by re-simulating
-#: 21 kept benchmark runs against their own live repeats (docs/fidelity.md §16): leaving each run out,
-#: the share that best matched the other runs' engine speed was 0.3–0.5; 0.2–0.5 all left one judged
-#: row of 126 outside tolerance (20 of 21 runs clean) where one factor (0) left three and 0.7, first
-#: chosen on thirteen runs (§15), three — it over-corrected the 90 % level of the later runs
+#: falls with load as a c0-heavy slowdown predicts (regression slope 0.87 / 0.61 / 0.58 / 0.58 at
+#: 25 / 50 / 75 / 90 % over thirteen runs, 1.01 / 0.77 / 0.62 / 0.57 over nine later ones). Chosen
+#: by re-simulating 24 kept benchmark runs against their own live repeats (docs/fidelity.md §16):
+#: leaving each run out, the share that best matched the other runs' engine speed was 0.4–0.6; at 0.4
+#: one judged row of 153 stays outside tolerance (23 of 24 runs clean), with one factor (0) five
+#: (20 runs), at section 15's 0.7 three (22 runs). 0.4: the smaller correction where 0.4–0.6 tie
 CONSTANT_SHARE = 0.4
 
 
