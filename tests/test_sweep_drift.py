@@ -78,6 +78,18 @@ def test_the_trend_is_relative_to_the_readings_median_and_smoothed():
     assert np.allclose(speed_trend(at[shuffled], steps[shuffled], span=5), smoothed[shuffled])
 
 
+def test_the_trend_skips_missing_readings_and_takes_fewer_at_the_ends():
+    at = np.arange(5.0)
+    steps = np.array([2.0, np.nan, 1.0, 1.0, 4.0])                    # median 1.5 over the four read
+    trend = speed_trend(at, steps, span=3)
+    assert trend[1] == pytest.approx(np.sqrt(2.0 / 1.5 * 1.0 / 1.5))   # its neighbours only, the NaN skipped
+    assert trend[0] == pytest.approx(2.0 / 1.5)                        # the first reading and the missing one
+    assert trend[4] == pytest.approx(np.sqrt(1.0 / 1.5 * 4.0 / 1.5))   # two readings at the end
+    assert np.allclose(speed_trend(at, steps, span=2), trend)          # an even span: the odd one above it
+    lone = speed_trend(at, np.array([3.0, np.nan, np.nan, np.nan, 1.0]), span=1)
+    assert lone[2] == pytest.approx(1.0) and lone[0] == pytest.approx(1.5)    # a window of NaN only reads 1
+
+
 def test_a_kind_with_too_few_readings_is_left_as_it_is():
     obs, readings = _sweep(np.random.default_rng(1))
     readings["prefill_step_s"] = np.nan                               # a server without prefill stamps

@@ -49,7 +49,8 @@ def speed_readings(readings: Sequence[tuple[float, Sequence[Mapping[str, float]]
 
 def speed_trend(at_s: np.ndarray, step_s: np.ndarray, span: int = TREND_SPAN) -> np.ndarray:
     """The relative speed (1 = the readings' median) at each reading: the geometric mean over
-    ``span`` readings centred on it (fewer at the ends), in time order. NaN steps are skipped."""
+    ``span`` readings centred on it (fewer at the ends; an even span counts one more), in time order.
+    NaN steps are skipped (a window of NaN only reads 1)."""
     order = np.argsort(at_s)
     log_rel = pd.Series(np.log(np.asarray(step_s, float)[order] / np.nanmedian(step_s)))
     window = 2 * (max(0, int(span)) // 2) + 1    # an odd window, centred
