@@ -27,6 +27,8 @@ from publicai_lab.live.emulator import EmulatedBackend, default_engine_params, s
 from publicai_lab.perf import StepTimeModel
 from publicai_lab.perf.step_time import load_perf_model_file
 
+pytestmark = pytest.mark.usefixtures("cpu_alone")    # emulator timing: one such module at a time
+
 TRUTH = StepTimeModel(c0_s=0.003, c_prefill_s=2e-5, c_decode_s=2e-4, c_ctx_s=1e-6)
 TOL = {"c0_s": 0.10, "c_prefill_s": 0.15, "c_decode_s": 0.10, "c_ctx_s": 0.20}
 

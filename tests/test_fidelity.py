@@ -20,6 +20,8 @@ from publicai_lab.live.fidelity import FidelityResult, fidelity_table, one_serve
 from publicai_lab.perf import StepTimeModel
 from conftest import SCENARIOS_DIR
 
+pytestmark = pytest.mark.usefixtures("cpu_alone")    # emulator timing: one such module at a time
+
 
 def test_one_server_scenario_keeps_the_first_cluster_with_the_given_perf_model():
     sc = load_scenario(SCENARIOS_DIR / "publicai-2025.yaml")

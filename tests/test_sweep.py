@@ -9,6 +9,8 @@ from publicai_lab.analysis.sweep import apply_overrides, scenario_dict, sweep
 from publicai_lab.errors import ScenarioError
 from scenario_factory import two_partners
 
+pytestmark = pytest.mark.usefixtures("cpu_alone")    # process pools: one such module at a time
+
 GRID = {"policy": ["round_robin", "least_in_flight"], "workload.arrivals.rate_per_s": [20.0, 60.0]}
 SEEDS = [1, 2, 3]
 
