@@ -25,9 +25,10 @@ def cpu_alone() -> Iterator[None]:
 
     The modules that take it time an emulated engine on asyncio timers (calibration, fidelity) or
     start process pools (sweeps on local processes and a Dask cluster). On two cores, with ``-n 2``,
-    one such module beside another can stretch the emulator's steps: a calibration fitted R² 0.73 and
-    c0 a third of the truth while the other worker ran one (session 14). Under the lock at most one of
-    them runs at a time; the other worker runs everything else, or waits here. A file lock, because
+    one such module beside another can stretch the emulator's steps: in one fresh-clone run the
+    emulated calibration fitted R² 0.73 and c0 a third of the truth (session 14; what the other worker
+    ran then is not on record). Under the lock at most one of them runs at a time; the other worker
+    runs everything else, or waits here (about two minutes more for the stage). A file lock, because
     xdist's ``--dist loadgroup`` does not work with this pytest (tests/live/conftest.py)."""
     path = Path(tempfile.gettempdir()) / "publicai_lab-tests-cpu-alone.lock"
     with open(path, "w") as handle:
