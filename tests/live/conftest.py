@@ -146,12 +146,14 @@ def vllm_servers(vllm_server_pool: list[VLLMServer]) -> list[VLLMServer]:
     return vllm_server_pool
 
 
-@pytest.fixture
-def small_vllm_server(vllm_server_pool: list[VLLMServer], tmp_path: Path) -> Iterator[VLLMServer]:
+@pytest.fixture(scope="module")
+def small_vllm_server(vllm_server_pool: list[VLLMServer], tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[VLLMServer]:
     """One real vLLM server of the *small* model (``build_tiny_model(size="small")``, served as
     ``publicai-lab/small-llama``, toy.yaml's engine limits) in the timing set-up: engine core and
     worker alone on the second core, the API server on the first. The session's tiny pair is stopped
-    first — two cores hold one timing server — and a later test that needs it restarts it."""
+    first — two cores hold one timing server — and a later test that needs it restarts it. One per
+    module: its tests share the server's start-up (about half a minute)."""
     from publicai_lab.live.tiny_model import timing_server
 
     cpus = sorted(os.sched_getaffinity(0))
@@ -159,7 +161,7 @@ def small_vllm_server(vllm_server_pool: list[VLLMServer], tmp_path: Path) -> Ite
         pytest.skip("needs one core for the engine, one for the client")
     stop_all(vllm_server_pool)
     server = timing_server("small", CACHE_DIR, cpus=str(cpus[1]), api_cpus=str(cpus[0]), extra_args=VLLM_TEST_ARGS,
-                           log_path=tmp_path / "vllm-small.log", startup_timeout_s=600)
+                           log_path=tmp_path_factory.mktemp("vllm-small") / "vllm-small.log", startup_timeout_s=600)
     try:
         server.start()
         PID_FILE.write_text(f"{server.pid}\n")
