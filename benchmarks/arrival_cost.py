@@ -15,7 +15,7 @@ of 144 + 320 tokens, and, every ``--gap-ms`` while it decodes, one arriving requ
 tokens: no arrivals (quiet), 16-token prompts (short), 150-token prompts (fixed) or prompts of 100–200
 tokens drawn anew each time (varied: a new step shape at nearly every arrival). Modes rotate round by
 round. Per mode it prints the background's extra decode time per arrival against its quiet rounds
-(the neighbouring quiet round's step, scaled to the same tokens), beside what the perf model
+(the same round's quiet group's step, times the same tokens), beside what the perf model
 predicts — its added prompt tokens and one more decoding sequence, at the quiet rounds' own speed
 against the model, so the host's drift since the fit does not count. The model: a QUICK calibration
 of the server on the spot (``--perf-model`` to price with a saved one instead; a fit from another

@@ -151,14 +151,9 @@ async def speed_windows_async(target: str, model: str, *, seed: int = 0, api_key
     """:func:`speed_windows` inside a running event loop. ``sampling``: the requests' sampling fields
     (None: the calibration's, :data:`~publicai_lab.live.calibrate.SAMPLING` — keep them, or the
     calibration's reference no longer applies; ``benchmarks/sampling_cost.py`` varies them)."""
-    import aiohttp
+    from publicai_lab.live.calibrate import _open_client
 
-    from publicai_lab.live.calibrate import _Client, _root_url
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                     connector=aiohttp.TCPConnector(limit=0)) as session:
-        client = _Client(session, _root_url(target), model, headers, timeout_s, sampling)
+    async with _open_client(target, model, api_key=api_key, timeout_s=timeout_s, sampling=sampling) as client:
         pool = np.asarray(await client.token_pool())
         return await anchor_windows(client, pool, np.random.default_rng(seed), **shape)
 

@@ -164,17 +164,11 @@ def measure_arrival_cost(target: str, model: str, perf: Any, *, rounds: int = 14
                          on_round: Callable[[dict[str, Any]], None] | None = None) -> ArrivalCost:
     """:func:`arrival_rounds` against the vLLM server at ``target`` (serving ``model``), priced by
     ``perf``, and its :func:`arrival_cost_table`. Run with nothing else on the engine."""
-    import aiohttp
-
     from publicai_lab.live._sync import run_sync
-    from publicai_lab.live.calibrate import _Client, _root_url
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    from publicai_lab.live.calibrate import _open_client
 
     async def run() -> pd.DataFrame:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120),
-                                         connector=aiohttp.TCPConnector(limit=0)) as session:
-            client = _Client(session, _root_url(target), model, headers, 120.0, None)
+        async with _open_client(target, model, api_key=api_key) as client:
             return await arrival_rounds(client, perf, rounds=rounds, gap_s=gap_s, modes=modes, seed=seed,
                                         background=background, on_round=on_round)
 

@@ -51,11 +51,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime as _dt
 import itertools
 import json
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -404,6 +406,19 @@ def _kv_capacity_tokens(samples: dict[str, Any] | None) -> int | None:
         except (KeyError, ValueError, TypeError):
             continue
     return None
+
+
+@contextlib.asynccontextmanager
+async def _open_client(target: str, model: str, *, api_key: str | None = None, timeout_s: float = 120.0,
+                       sampling: Mapping[str, Any] | None = None) -> AsyncIterator["_Client"]:
+    """One :class:`_Client` for ``target`` (a URL with or without /v1) in its own aiohttp session:
+    what the speed anchor and the arrival measurement open for a reading."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                     connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield _Client(session, _root_url(target), model, headers, timeout_s, sampling)
 
 
 class _Client:

@@ -43,9 +43,10 @@ enters by, which the calibration's closed groups never run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +82,22 @@ def _timed_log() -> Callable[[str], None]:
     return lambda message: print(f"[{time.monotonic() - t0:5.0f} s] {message}")
 
 
+@contextlib.contextmanager
+def _on_the_api_core(server) -> Iterator[None]:
+    """This process (the client) on the server's API core for the block, off the engine's."""
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(server.api_cpus)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs one core for the engine, one for the client")
 def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(small_vllm_server):
     server = small_vllm_server
     log = _timed_log()
-    affinity = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {int(server.api_cpus)})      # the API server's core: the client's
-    try:
+    with _on_the_api_core(server):
         base = one_server_scenario(load_scenario(ROOT / "scenarios" / "small-cpu.yaml"))
         backend_id = base.backend_id(*base.clusters()[0])
         gateway = Gateway(base, backends=[BackendSpec(backend_id, server.base_url, model=server.model_name)])
@@ -103,8 +113,6 @@ def test_calibrated_simulator_matches_a_real_server_at_a_quarter_of_saturation(s
                                     engine_url=server.base_url, anchor=True,
                                     anchor_reference=cal.meta["speed_anchor"],
                                     anchor_prefill_reference=cal.meta["speed_anchor_prefill"])
-    finally:
-        os.sched_setaffinity(0, affinity)
     print(result.to_markdown())
     judged_rows = result.table[result.table["judged"]]
     print("strict criterion (judged rows within 10 % / 15 %): " + (
@@ -149,14 +157,10 @@ def test_a_prompt_arriving_mid_decode_costs_the_engine_what_the_perf_model_says(
     from publicai_lab.live.arrivals import measure_arrival_cost
 
     server = small_vllm_server
-    affinity = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {int(server.api_cpus)})
-    try:
+    with _on_the_api_core(server):
         cal = calibrate(server.base_url, server.model_name, **QUICK, anchor_readings=0, stream_probes=0)
         result = measure_arrival_cost(server.base_url, server.model_name, cal.model, rounds=6, gap_s=0.1,
                                       modes={"fixed": 150})
-    finally:
-        os.sched_setaffinity(0, affinity)
     print(cal)
     print(result.to_markdown())
     row = result.table.loc["fixed"]
