@@ -34,7 +34,12 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,7 +49,7 @@ CLOSED = {"closed8": (8, 12), "closed2": (2, 12), "closed1": (1, 8)}
 PROMPT_TOKENS, OUTPUT_TOKENS = 144, 56
 
 
-def closed_itl_s(perf, batch: int) -> float:
+def closed_itl_s(perf: Any, batch: int) -> float:
     """The perf model's mean decode step over a closed group's life (contexts growing one token a step)."""
     steps = [perf.step_s(0, batch, batch * (PROMPT_TOKENS + j)) for j in range(1, OUTPUT_TOKENS)]
     return sum(steps) / len(steps)
@@ -84,7 +89,7 @@ def main() -> None:
     os.sched_setaffinity(0, {cpus[0]})
     phases = LogPhases(log_path)
 
-    def timed(mark: dict, run):
+    def timed(mark: dict, run: Callable[[], Any]) -> Any:
         """Run ``run()`` with the engine's inter-token-latency totals read around it into ``mark``."""
         before = engine_itl_totals(server.base_url)
         result = run()
@@ -127,7 +132,8 @@ def main() -> None:
     report(iterations, marks, cal.model, scenario, args.requests, args.out)
 
 
-def report(iterations, marks, perf, scenario, requests: int, out: Path) -> None:
+def report(iterations: pd.DataFrame, marks: pd.DataFrame, perf: Any, scenario: Any, requests: int,
+           out: Path) -> None:
     """Print the three comparisons (module doc) and save the iterations and the phases under ``out``.
 
     ``marks``: one row per phase run (phase, round, engine_itl_s, wall_s); ``scenario``: the replay's,

@@ -66,7 +66,7 @@ import pytest
 
 from publicai_lab import load_scenario
 from publicai_lab.live.calibrate import FULL, QUICK, calibrate
-from publicai_lab.live.fidelity import fidelity_table, measure_saturation_rps, one_server_scenario
+from publicai_lab.live.fidelity import FidelityResult, fidelity_table, measure_saturation_rps, one_server_scenario
 from publicai_lab.live.gateway import BackendSpec, Gateway
 
 pytestmark = pytest.mark.live
@@ -111,13 +111,13 @@ def _on_the_api_core(server) -> Iterator[None]:
         os.sched_setaffinity(0, affinity)
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs one core for the engine, one for the client")
-def _anchor_to_engine(result) -> float:
+def _anchor_to_engine(result: FidelityResult) -> float:
     """How far the anchor's slowdown was from the engine's own (its inter-token latency) in the repeats."""
     row = result.table.set_index("metric").loc["e2e_p50_s"]
     return float(row["engine_drift"] - row["anchor"])
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs one core for the engine, one for the client")
 def test_calibrated_simulator_matches_a_real_server_at_half_of_saturation(small_vllm_server):
     server = small_vllm_server
     log = _timed_log()
