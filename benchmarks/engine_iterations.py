@@ -150,8 +150,7 @@ def report(iterations: pd.DataFrame, marks: pd.DataFrame, perf: Any, scenario: A
 
     print("\nForward pass of decode-only steps, median ms, by decoding batch (engine-timed):")
     medians = decode_step_medians(iterations) * 1e3
-    decode_only = iterations[(iterations["prefill_tokens"] == 0) & (iterations["decode_requests"] > 0)]
-    counts = decode_only.pivot_table(index="decode_requests", columns="phase", values="elapsed_s", aggfunc="size")
+    counts = decode_step_medians(iterations, aggfunc="size")
     print(medians.round(2).join(counts.add_suffix(" steps")).head(8).to_string())
 
     model = {name: closed_itl_s(perf, c) for name, (c, _) in CLOSED.items()}

