@@ -256,3 +256,51 @@ def test_segmented_repeats_read_the_anchor_between_segments_and_simulate_the_sam
     assert t.loc["e2e_p50_s", "engine_drift"] == pytest.approx(0.30, abs=0.08), result.to_markdown()
     assert "before each segment and after the last" in result.to_markdown()
     assert "in 3 segments a repeat" in level.comparison.title
+
+
+def test_a_level_missed_with_the_anchor_off_the_engines_speed_is_measured_once_more():
+    """A reference reading of ×1.3 against an engine 30 % slower than its model: the anchor reads no
+    change, the engine's own latency says +30 %, and the simulation at the anchor's speed misses. With
+    ``remeasure_if_anchor_off_by`` the level is measured again — once: the second miss stands, and the
+    first measurement is kept and shown."""
+    from publicai_lab.live.fidelity import ANCHOR_MISSED_BY
+
+    result = _fidelity_against_a_30_percent_slower_engine(anchor=True, anchor_reference=1.3,
+                                                          remeasure_if_anchor_off_by=ANCHOR_MISSED_BY)
+    level = result.levels[0.3]
+    assert level.anchor_to_engine == pytest.approx(0.30, abs=0.08), result.to_markdown()
+    assert len(level.earlier_attempts) == 1, result.to_markdown()
+    assert level.earlier_attempts[0].anchor_to_engine > ANCHOR_MISSED_BY, result.to_markdown()
+    assert list(result.table["attempt"]) == [2, 2, 2] and list(result.superseded["attempt"]) == [1, 1, 1]
+    assert not result.superseded.loc[result.superseded["judged"], "ok"].all(), result.to_markdown()
+    assert not result.passed, result.to_markdown()                 # the second miss stands
+    md = result.to_markdown()
+    assert "Measured again" in md and "(measured again)" in md and "missed" in md, md
+
+
+def test_a_miss_with_the_anchor_on_the_engines_speed_is_the_models_and_is_not_measured_again():
+    """The engine runs at its model's speed (the anchor and the engine's latency agree) but its
+    frontend takes 40 ms more a request than the perf model says: the simulation misses, and that
+    miss is the model's — no second measurement."""
+    perf = StepTimeModel(c0_s=0.004, c_prefill_s=2e-5, c_decode_s=2e-4, request_overhead_s=0.005)
+    sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"), perf)
+    engine = one_server_scenario(sc, replace(perf, request_overhead_s=0.045))
+    with EmulatedBackend.from_scenario(engine, sc.backend_id(*sc.clusters()[0])).serve() as url:
+        result = fidelity_table(sc, url, levels=(0.3,), saturation_rps=60.0, requests=120, repeats=2,
+                                engine_url=url, anchor=True, anchor_shape={"groups": 4}, anchor_reference=1.0,
+                                constant_share=0.0, remeasure_if_anchor_off_by=0.06)
+    level = result.levels[0.3]
+    t = result.table.set_index("metric")
+    assert abs(level.anchor_to_engine) < 0.06, result.to_markdown()
+    assert t.loc["ttft_p50_s", "rel_error"] < -0.15 and not result.passed, result.to_markdown()
+    assert level.earlier_attempts == [] and result.superseded.empty, result.to_markdown()
+    assert list(result.table["attempt"]) == [1, 1, 1] and "Measured again" not in result.to_markdown()
+
+
+def test_remeasuring_needs_the_anchor_and_the_engines_speed():
+    from publicai_lab.errors import PublicAILabError
+
+    sc = one_server_scenario(load_scenario(SCENARIOS_DIR / "toy.yaml"), StepTimeModel(c0_s=0.004))
+    with pytest.raises(PublicAILabError, match="remeasure_if_anchor_off_by needs"):
+        fidelity_table(sc, "http://127.0.0.1:9", levels=(0.3,), saturation_rps=60.0,
+                       remeasure_if_anchor_off_by=0.06)
