@@ -100,6 +100,7 @@ def test_speed_anchor_reanchors_the_simulation_to_the_engine_it_measures():
     assert len(level.anchor_factors) == 3, level.anchor_factors          # before each repeat, after the last
     # the simulation runs at all readings' decode windows pooled: 3 readings × 4 groups × 4 windows
     assert "simulated at their 48 decode windows pooled" in result.to_markdown(), result.to_markdown()
+    assert "(4 closed groups of 8 requests" in result.to_markdown(), result.to_markdown()   # the shape it ran
     # kept, reading by reading: 4 groups × 4 decode windows, and a lone prefill after every group
     assert [len(windows) for windows in level.anchor_readings] == [20, 20, 20]
     assert math.isnan(level.anchor_prefill_factor)        # no prefill reference: prompt tokens at the decode factor

@@ -489,6 +489,8 @@ class FidelityResult:
     superseded: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: the anchor-to-engine distance beyond which a level with a missed judged row was measured again
     remeasure_if_anchor_off_by: float | None = None
+    #: the anchor readings' shape where it was not :data:`~publicai_lab.live.anchor.ANCHOR_SHAPE`'s
+    anchor_shape: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -508,8 +510,9 @@ class FidelityResult:
                       "machine's drift, not a prediction (the factor comes from the live runs).", ""]
         anchored = "anchor" in self.table and self.table["anchor"].notna().any()
         if anchored:
-            from publicai_lab.live.anchor import ANCHOR_SHAPE as a
+            from publicai_lab.live.anchor import ANCHOR_SHAPE
 
+            a = {**ANCHOR_SHAPE, **self.anchor_shape}
             lines += [f"Speed anchor: the engine's speed re-measured with calibration groups ({a['groups']} closed "
                       f"groups of {a['concurrency']} requests of {a['prompt_tokens']} + {a['output_tokens']} tokens, "
                       f"each followed by a lone {a['prefill_tokens']}-token prompt whose prefill the engine times) "
@@ -629,7 +632,7 @@ def fidelity_table(scenario: Any, target: str, *, levels: Sequence[float] = LEVE
         rows += level_rows
     return FidelityResult(pd.DataFrame(rows), sat, judge_spread, levels_out,
                           superseded=pd.DataFrame(superseded, columns=list(rows[0]) if rows else None),
-                          remeasure_if_anchor_off_by=remeasure_if_anchor_off_by)
+                          remeasure_if_anchor_off_by=remeasure_if_anchor_off_by, anchor_shape=dict(anchor_shape or {}))
 
 
 def _level_rows(level: float, rate_rps: float, lf: LevelFidelity, tolerances: Mapping[str, float],
