@@ -51,25 +51,20 @@ def _spread_sd(values: list[float]) -> float:
 
 def read_levels(run: Path) -> pd.DataFrame:
     """One row per level of one run: the anchor's distance from the engine, the readings' and the
-    repeats' spreads, the level's worst judged row (|error| over tolerance)."""
-    table = pd.read_csv(run / "fidelity.csv")
-    if "attempt" in table:                      # measured again: the distance of the measurement judged
-        table = table[table["attempt"] == table.groupby("level")["attempt"].transform("max")]
-    md = (run / "fidelity.md").read_text()
-    md = md.split("\nMeasured again:")[0]       # the notes of the measurements judged
+    repeats' spreads (sd, per cent) and counts, the largest live spread of its rows."""
+    table = pd.read_csv(run / "fidelity.csv")   # the measurements judged (not fidelity_measured_again.csv)
+    md = (run / "fidelity.md").read_text().split("\nMeasured again:")[0]      # and their notes
     readings = {int(m[1]): [float(v) for v in m[2].replace("×", "").split(" / ")] for m in _ANCHORS.finditer(md)}
     itls = {int(m[1]): [float(v) for v in m[2].split(" / ")] for m in _ITLS.finditer(md)}
     rows = []
     for level, g in table.groupby("level"):
         pct = int(round(level * 100))
         first = g.iloc[0]
-        judged = g[g["judged"]]
         rows.append({"run": run.name or str(run), "level": level,
                      "distance": (first["engine_drift"] - first["anchor"]) * 100,
                      "readings_sd": _spread_sd(readings.get(pct, [])), "readings": len(readings.get(pct, [])),
                      "repeats_sd": _spread_sd(itls.get(pct, [])), "repeats": len(itls.get(pct, [])),
-                     "live_spread": g["live_spread"].max() * 100,
-                     "worst": float((judged["rel_error"].abs() / judged["tolerance"]).max()) if len(judged) else math.nan})
+                     "live_spread": g["live_spread"].max() * 100})
     return pd.DataFrame(rows)
 
 

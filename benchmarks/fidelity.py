@@ -64,7 +64,8 @@ def save_records_and_cdfs(result: FidelityResult, out: Path) -> None:
     for ax, (level, lf) in zip(axes[0], result.levels.items()):
         tag = f"level{round(level * 100):02d}"
         # the measurement judged under the level's tag; one measured again before it under ``_attempt1``
-        for prefix, measured in [(f"{tag}_attempt{k}", e) for k, e in enumerate(lf.earlier_attempts, 1)] + [(tag, lf)]:
+        measurements = [(f"{tag}_attempt{k}", e) for k, e in enumerate(lf.earlier_attempts, 1)] + [(tag, lf)]
+        for prefix, measured in measurements:
             measured.comparison.sim_frame.to_parquet(records / f"{prefix}_sim.parquet")
             for k, frame in enumerate(measured.comparison.live_frames, 1):
                 frame.to_parquet(records / f"{prefix}_live{k}.parquet")
@@ -113,7 +114,8 @@ def main() -> int:
                          "(default publicai_lab.live.fidelity.CONSTANT_SHARE; 0: one factor on every decode term; §15)")
     ap.add_argument("--remeasure-if-anchor-off-by", type=float, default=ANCHOR_MISSED_BY, metavar="SHARE",
                     help="measure a level once more where a judged row missed while the speed anchor was further "
-                         f"than this from the engine's own speed in the repeats (default {ANCHOR_MISSED_BY}; 0: never)")
+                         f"than this from the engine's own speed in the repeats (default {ANCHOR_MISSED_BY}; "
+                         "0: never)")
     ap.add_argument("--out", default=str(ROOT / "out" / "fidelity"), help="output folder")
     args = ap.parse_args()
     if args.remeasure_if_anchor_off_by < 0:
