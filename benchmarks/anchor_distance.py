@@ -49,32 +49,29 @@ def _spread_sd(values: list[float]) -> float:
     return float(x.std(ddof=1) / x.mean() * 100) if len(x) > 1 else math.nan
 
 
-def read_levels(run: Path) -> pd.DataFrame:
-    """One row per level of one run: the anchor's distance from the engine, the readings' and the
-    repeats' spreads (sd, per cent) and counts, the largest live spread of its rows."""
-    table = pd.read_csv(run / "fidelity.csv")   # the measurements judged (not fidelity_measured_again.csv)
-    md = (run / "fidelity.md").read_text().split("\nMeasured again:")[0]      # and their notes
+def read_levels(table: pd.DataFrame, md: str) -> pd.DataFrame:
+    """One row per level of one run (its ``fidelity.csv`` and ``fidelity.md``): the anchor's distance
+    from the engine, the readings' and the repeats' spreads (sd, per cent) and counts, the largest live
+    spread of its rows. ``fidelity.csv`` holds the measurements judged (not fidelity_measured_again.csv)."""
+    md = md.split("\nMeasured again:")[0]         # the notes of the measurements judged
     readings = {int(m[1]): [float(v) for v in m[2].replace("×", "").split(" / ")] for m in _ANCHORS.finditer(md)}
     itls = {int(m[1]): [float(v) for v in m[2].split(" / ")] for m in _ITLS.finditer(md)}
     rows = []
     for level, g in table.groupby("level"):
         pct = int(round(level * 100))
         first = g.iloc[0]
-        rows.append({"run": run.name or str(run), "level": level,
-                     "distance": (first["engine_drift"] - first["anchor"]) * 100,
+        rows.append({"level": level, "distance": (first["engine_drift"] - first["anchor"]) * 100,
                      "readings_sd": _spread_sd(readings.get(pct, [])), "readings": len(readings.get(pct, [])),
                      "repeats_sd": _spread_sd(itls.get(pct, [])), "repeats": len(itls.get(pct, [])),
                      "live_spread": g["live_spread"].max() * 100})
     return pd.DataFrame(rows)
 
 
-def misses(run: Path) -> pd.DataFrame:
-    """The judged rows of one run that missed their tolerance."""
-    t = pd.read_csv(run / "fidelity.csv")
-    bad = t[t["judged"] & ~t["ok"]].copy()
-    bad["run"] = run.name
+def misses(table: pd.DataFrame) -> pd.DataFrame:
+    """The judged rows of one run's table that missed their tolerance."""
+    bad = table[table["judged"] & ~table["ok"]].copy()
     bad["distance"] = (bad["engine_drift"] - bad["anchor"]) * 100
-    return bad[["run", "level", "metric", "rel_error", "live_spread", "distance", "conditioned_error"]]
+    return bad[["level", "metric", "rel_error", "live_spread", "distance", "conditioned_error"]]
 
 
 def split_scatter(levels: pd.DataFrame) -> dict[str, float]:
@@ -143,9 +140,12 @@ def main() -> int:
     if args.bootstrap < 0:
         ap.error(f"--bootstrap must be >= 0; got {args.bootstrap}")
     names = [f"{r.parent.name}/{r.name}" for r in runs]
-    levels = pd.concat([read_levels(r).assign(run=n) for r, n in zip(runs, names)], ignore_index=True)
-    missed = pd.concat([misses(r).assign(run=n) for r, n in zip(runs, names)], ignore_index=True)
-    judged = sum(int(pd.read_csv(r / "fidelity.csv")["judged"].sum()) for r in runs)
+    tables = [pd.read_csv(r / "fidelity.csv") for r in runs]
+    levels = pd.concat([read_levels(t, (r / "fidelity.md").read_text()).assign(run=n)
+                        for r, t, n in zip(runs, tables, names)], ignore_index=True)
+    missed = pd.concat([misses(t).assign(run=n) for t, n in zip(tables, names)], ignore_index=True)
+    missed = missed[["run", *missed.columns[:-1]]]
+    judged = sum(int(t["judged"].sum()) for t in tables)
     pd.set_option("display.width", 200)
     print(f"{len(runs)} runs, {len(levels)} levels, {judged} judged rows, {len(missed)} missed")
     if len(missed):

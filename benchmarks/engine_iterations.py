@@ -73,7 +73,7 @@ def main() -> None:
     from publicai_lab import load_scenario
     from publicai_lab.live.anchor import speed_windows
     from publicai_lab.live.calibrate import QUICK, calibrate
-    from publicai_lab.live.fidelity import engine_itl_totals, measure_saturation_rps, one_server_scenario
+    from publicai_lab.live.fidelity import engine_itl_during, measure_saturation_rps, one_server_scenario
     from publicai_lab.live.gateway import BackendSpec, Gateway
     from publicai_lab.live.iterations import ITERATION_DETAILS_ARG, LogPhases
     from publicai_lab.live.loadgen import run_live
@@ -91,11 +91,9 @@ def main() -> None:
 
     def timed(mark: dict, run: Callable[[], Any]) -> Any:
         """Run ``run()`` with the engine's inter-token-latency totals read around it into ``mark``."""
-        before = engine_itl_totals(server.base_url)
-        result = run()
-        after = engine_itl_totals(server.base_url)
-        mark["engine_itl_s"] = ((after[0] - before[0]) / (after[1] - before[1])
-                                if before and after and after[1] > before[1] else math.nan)
+        with engine_itl_during(server.base_url) as itl:
+            result = run()
+        mark["engine_itl_s"] = itl[0] / itl[1] if itl[1] else math.nan
         return result
 
     server.start()

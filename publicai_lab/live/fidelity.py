@@ -29,6 +29,8 @@ groups around every level's repeats (:mod:`publicai_lab.live.anchor`; ``docs/fid
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -39,7 +41,7 @@ import pandas as pd
 from publicai_lab.errors import PublicAILabError
 
 __all__ = ["one_server_scenario", "measure_saturation_rps", "fidelity_at", "fidelity_table", "FidelityResult",
-           "LevelFidelity", "engine_itl_totals", "mean_itl_s", "scaled_step_times", "step_time_factor_for_itl",
+           "LevelFidelity", "engine_itl_totals", "engine_itl_during", "mean_itl_s", "scaled_step_times", "step_time_factor_for_itl",
            "segment_plan", "joined_segments", "simulate_segments", "simulate_at_speed", "TOLERANCES", "LEVELS",
            "CONSTANT_SHARE", "constant_factor", "ANCHOR_MISSED_BY"]
 
@@ -141,6 +143,19 @@ def engine_itl_totals(server_url: str) -> tuple[float, float] | None:
     except OSError:
         return None
     return histogram_totals(samples, ITL_HISTOGRAMS)
+
+
+@contextmanager
+def engine_itl_during(server_url: str | None) -> Iterator[list[float]]:
+    """``with engine_itl_during(url) as itl: …`` — after the block ``itl`` holds [sum s, count] of the
+    inter-token latencies vLLM counted while it ran (:func:`engine_itl_totals` read around it; [0, 0]
+    without ``server_url``, without its ``/metrics`` or where none were counted)."""
+    accrued = [0.0, 0.0]
+    before = engine_itl_totals(server_url) if server_url else None
+    yield accrued
+    after = engine_itl_totals(server_url) if before else None
+    if before and after and after[1] > before[1]:
+        accrued[:] = [after[0] - before[0], after[1] - before[1]]
 
 
 def mean_itl_s(frame: pd.DataFrame) -> float:
@@ -336,12 +351,10 @@ def fidelity_at(scenario: Any, target: str, rate_rps: float, *, requests: int = 
         for j, (seed, n) in enumerate(plan):
             if anchor:
                 anchors.append(read_anchor())
-            before = engine_itl_totals(engine_url) if engine_url else None
-            res = run_live(sc.with_overrides(seed=seed), target, requests=n, progress=False,
-                           run_id=f"fidelity-{rate_rps:.1f}-{k}" + (f"-{j}" if segments > 1 else ""))
-            after = engine_itl_totals(engine_url) if before else None
-            if before and after and after[1] > before[1]:
-                itl_sum_s, itl_count = itl_sum_s + after[0] - before[0], itl_count + after[1] - before[1]
+            with engine_itl_during(engine_url) as itl:
+                res = run_live(sc.with_overrides(seed=seed), target, requests=n, progress=False,
+                               run_id=f"fidelity-{rate_rps:.1f}-{k}" + (f"-{j}" if segments > 1 else ""))
+            itl_sum_s, itl_count = itl_sum_s + itl[0], itl_count + itl[1]
             parts.append(res.requests)
         if itl_count > 0:
             engine_itls.append(itl_sum_s / itl_count)
